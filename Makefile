@@ -1,0 +1,38 @@
+# Fresh-machine entry points: `make test`, `make demo`, `make lint`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+
+.PHONY: setup test test-all demo lint bench clean
+
+setup: $(STAMP)
+
+# torch first: the CPU build of 2.13.0 lies on local disk; a bare torch requirement would
+# pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+# pytest exits 5 when it collects no test: report it, do not pass silently.
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+DEMO_DIR ?= runs/demo
+demo: $(STAMP)
+	$(VENV)/bin/metarl demo --out $(DEMO_DIR)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
