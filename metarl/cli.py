@@ -1,0 +1,142 @@
+"""``metarl train | evaluate | plot``: thin commands over the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from metarl.config import ConfigError, load_config
+from metarl.evaluation import plot_curves, plot_learning_curves, read_rows, write_rows
+from metarl.experiments import KINDS, EvalOptions
+from metarl.trainer import PROGRESS, CheckpointError, Trainer, TrainingError, load_checkpoint
+
+log = logging.getLogger("metarl")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metarl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a run from a config")
+    train.add_argument("config", nargs="?", help="YAML config (default: the built-in one)")
+    train.add_argument("--out", required=True, type=Path, help="run directory")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable)",
+    )
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser("evaluate", help="adaptation curves of a trained run")
+    ev.add_argument("run_dir", type=Path)
+    ev.add_argument(
+        "--compare",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="other runs (e.g. a pretrained baseline) drawn in the same figure",
+    )
+    ev.add_argument("--num-tasks", type=int, help="held-out tasks (default from the config)")
+    ev.add_argument("--steps", type=int, help="gradient steps (default from the config)")
+    ev.add_argument("--seed", type=int, help="seed of the held-out tasks")
+
+    plot = sub.add_parser("plot", help="learning curves from the logs of runs")
+    plot.add_argument("run_dirs", nargs="+", type=Path)
+    plot.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    plot.add_argument("--keys", default="", help="comma-separated columns (default: all)")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    config = load_config(args.config, args.overrides)
+    kind = KINDS[config.kind]
+    trainer = Trainer(
+        config=config,
+        run_dir=args.out,
+        make_learner=kind.make_learner,
+        progress=not args.no_progress,
+        progress_keys=kind.progress_keys,
+    )
+    trainer.run(resume=args.resume)
+    log.info("trained %d iterations; run directory %s", config.iterations, args.out)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    runs = [load_checkpoint(d) for d in [args.run_dir, *args.compare]]
+    kind_name = runs[0].config.kind
+    for path, run in zip(args.compare, runs[1:], strict=True):
+        if run.config.kind != kind_name:
+            raise ConfigError(
+                f"--compare {str(path)!r} is a {run.config.kind!r} run; "
+                f"{str(args.run_dir)!r} is a {kind_name!r} run"
+            )
+    options = EvalOptions(num_tasks=args.num_tasks, steps=args.steps, seed=args.seed)
+    result = KINDS[kind_name].evaluate(runs, options)
+    csv_path, png_path = args.run_dir / "adaptation.csv", args.run_dir / "adaptation.png"
+    write_rows(csv_path, result.rows)
+    plot_curves(
+        png_path,
+        result.rows,
+        metric=result.metric,
+        ylabel=result.ylabel,
+        panel_key=result.panel_key,
+        title=result.title,
+    )
+    print(_table(result.rows, result.metric))
+    log.info("wrote %s and %s", csv_path, png_path)
+
+
+def _table(rows: Sequence[dict[str, object]], metric: str) -> str:
+    keys = [k for k in rows[0] if k not in ("num_tasks",)]
+    lines = ["  ".join(f"{k:>14}" for k in keys)]
+    for r in rows:
+        lines.append(
+            "  ".join(
+                f"{v:>14.4f}" if isinstance(v, float) else f"{v!s:>14}"
+                for v in (r[k] for k in keys)
+            )
+        )
+    return "\n".join(lines)
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    runs = {}
+    for d in args.run_dirs:
+        path = d / PROGRESS
+        if not path.is_file():
+            raise CheckpointError(f"{str(d)!r} holds no {PROGRESS}; is it a run directory?")
+        runs[str(d)] = read_rows(path)
+    available = [k for k in next(iter(runs.values()))[0] if k != "iteration"]
+    keys = [k for k in args.keys.split(",") if k] or available
+    unknown = [k for k in keys if k not in available]
+    if unknown:
+        raise ConfigError(f"--keys {unknown} not in the logs; available: {', '.join(available)}")
+    plot_learning_curves(args.out, runs, keys=keys)
+    log.info("wrote %s", args.out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``metarl`` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(1)
+    args = _parser().parse_args(argv)
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "plot": cmd_plot}
+    try:
+        commands[args.command](args)
+    except (ConfigError, CheckpointError, TrainingError) as err:
+        print(f"metarl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

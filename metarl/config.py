@@ -1,0 +1,417 @@
+"""Experiment configuration: frozen dataclasses, loaded from YAML with ``key=value`` overrides.
+
+Every field carries a docstring right under it (read back by :func:`field_docs`) and, where a
+range matters, bounds in its metadata (:func:`bounded`). Loading checks every key, type and
+range at the boundary and raises :class:`ConfigError` naming the key, the value and what is
+allowed, so a typo never becomes a traceback from deep inside torch.
+
+A top-level experiment config has a ``kind`` field (``sinusoid``, ``rl``, ...); the YAML file's
+``kind`` key picks the class from :data:`CONFIG_KINDS`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import itertools
+import math
+import operator
+import textwrap
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config key, type or value that is not allowed; the message says what is."""
+
+
+def bounded(
+    default: Any,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> Any:
+    """A dataclass field with a default and numeric bounds checked on load."""
+    bounds = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
+    if isinstance(default, tuple | list):
+        return field(default_factory=lambda: tuple(default), metadata={"bounds": bounds})
+    return field(default=default, metadata={"bounds": bounds})
+
+
+# --------------------------------------------------------------------------- shared sections
+
+
+@dataclass(frozen=True)
+class InnerLoopConfig:
+    """The MAML inner loop (``metarl.adapt``) used during meta-training."""
+
+    steps: int = bounded(1, ge=1)
+    """Number of inner gradient steps per task."""
+    lr: float = bounded(0.01, gt=0.0)
+    """Inner learning rate alpha."""
+    first_order: bool = False
+    """Drop the second-order terms of the meta-gradient (first-order MAML)."""
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """A multi-layer perceptron."""
+
+    hidden_sizes: tuple[int, ...] = bounded((40, 40), ge=1)
+    """Width of each hidden layer."""
+    activation: Literal["relu", "tanh"] = "relu"
+    """Nonlinearity after each hidden layer."""
+
+
+# --------------------------------------------------------------------------- sinusoid
+
+
+@dataclass(frozen=True)
+class SinusoidTaskConfig:
+    """The sinusoid task distribution of the MAML paper (section 5.1)."""
+
+    amplitude: tuple[float, float] = bounded((0.1, 5.0), ge=0.0)
+    """Amplitude range, sampled uniformly."""
+    phase: tuple[float, float] = (0.0, math.pi)
+    """Phase range in radians, sampled uniformly."""
+    x_range: tuple[float, float] = (-5.0, 5.0)
+    """Input range, sampled uniformly."""
+    k_support: int = bounded(10, ge=1)
+    """Support points per task (K) during meta-training."""
+    k_query: int = bounded(10, ge=1)
+    """Query points per task during meta-training."""
+
+
+@dataclass(frozen=True)
+class SinusoidEvalConfig:
+    """Adaptation-curve evaluation on held-out sinusoid tasks."""
+
+    num_tasks: int = bounded(600, ge=2)
+    """Held-out tasks per curve."""
+    max_steps: int = bounded(10, ge=0)
+    """Curves report the loss after 0..max_steps inner steps."""
+    shots: tuple[int, ...] = bounded((5, 10, 20), ge=1)
+    """Support-set sizes K to evaluate."""
+    query_points: int = bounded(100, ge=1)
+    """Query points per task on which the loss is measured."""
+    lr: float | None = bounded(None, gt=0.0)
+    """Fine-tuning learning rate; null means the training inner lr."""
+    seed: int = bounded(10_000, ge=0)
+    """Seed of the held-out task stream (kept apart from the training seed)."""
+
+
+@dataclass(frozen=True)
+class SinusoidConfig:
+    """Sinusoid regression, exactly as the MAML paper (section 5.1)."""
+
+    kind: Literal["sinusoid"] = "sinusoid"
+    """Experiment type."""
+    method: Literal["maml", "pretrained"] = "maml"
+    """``maml``: meta-train; ``pretrained``: one network trained on all tasks jointly."""
+    seed: int = bounded(0, ge=0)
+    """Seed of every random stream of the run."""
+    iterations: int = bounded(70_000, ge=1)
+    """Outer (meta) iterations."""
+    meta_batch_size: int = bounded(25, ge=1)
+    """Tasks per meta-iteration."""
+    meta_lr: float = bounded(1e-3, gt=0.0)
+    """Adam learning rate of the outer loop."""
+    dtype: Literal["float32", "float64"] = "float32"
+    """Floating-point precision of weights and data."""
+    inner: InnerLoopConfig = field(default_factory=InnerLoopConfig)
+    """Inner loop (used by ``maml``; ``pretrained`` uses its lr to fine-tune at test time)."""
+    model: MLPConfig = field(default_factory=MLPConfig)
+    """The regressor: 1 -> hidden -> 1."""
+    task: SinusoidTaskConfig = field(default_factory=SinusoidTaskConfig)
+    """Task distribution."""
+    eval: SinusoidEvalConfig = field(default_factory=SinusoidEvalConfig)
+    """Evaluation settings for ``metarl evaluate``."""
+    log_every: int = bounded(100, ge=1)
+    """Iterations between log rows."""
+    checkpoint_every: int = bounded(1000, ge=1)
+    """Iterations between checkpoints (one is always written at the end)."""
+
+
+ExperimentConfig = SinusoidConfig
+"""Any top-level experiment config."""
+
+CONFIG_KINDS: dict[str, type[Any]] = {"sinusoid": SinusoidConfig}
+"""Top-level config class for each ``kind``."""
+
+DEFAULT_KIND = "sinusoid"
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def field_docs(cls: type[Any]) -> dict[str, str]:
+    """The docstring written under each field of a config dataclass."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = inspect.cleandoc(nxt.value.value)
+    return docs
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} values ({', '.join(_type_name(a) for a in args)})"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _bad(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"config key '{key}': value {value!r} is not allowed; expected {allowed}")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in canonical form."""
+    origin = typing.get_origin(tp)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise _bad(key, value, "a mapping of sub-keys")
+        return _build(tp, value, prefix=f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                continue
+        raise _bad(key, value, _type_name(tp))
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise _bad(key, value, f"one of {_type_name(tp)}")
+        return value
+    if origin is tuple:
+        return _coerce_tuple(key, value, tp)
+    return _coerce_scalar(key, value, tp)
+
+
+def _coerce_tuple(key: str, value: Any, tp: Any) -> tuple[Any, ...]:
+    args = typing.get_args(tp)
+    if not isinstance(value, list | tuple):
+        raise _bad(key, value, _type_name(tp))
+    if len(args) == 2 and args[1] is Ellipsis:
+        if len(value) == 0:
+            raise _bad(key, value, f"{_type_name(tp)}, not empty")
+        return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+    if len(value) != len(args):
+        raise _bad(key, value, _type_name(tp))
+    return tuple(
+        _coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args, strict=True))
+    )
+
+
+def _coerce_scalar(key: str, value: Any, tp: Any) -> Any:
+    if tp is type(None):
+        if value is not None:
+            raise _bad(key, value, "null")
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _bad(key, value, "true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad(key, value, "an integer")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise _bad(key, value, "a number") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _bad(key, value, "a number")
+        if not math.isfinite(value):
+            raise _bad(key, value, "a finite number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _bad(key, value, "a string")
+        return value
+    raise TypeError(f"config: unsupported annotation {tp!r} for key '{key}'")
+
+
+_BOUND_TESTS: dict[str, Callable[[float, float], bool]] = {
+    "gt": operator.gt,
+    "ge": operator.ge,
+    "lt": operator.lt,
+    "le": operator.le,
+}
+_BOUND_SIGNS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def _check_bounds(key: str, value: Any, bounds: Mapping[str, float]) -> None:
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if v is None:
+            continue
+        for name, bound in bounds.items():
+            if not _BOUND_TESTS[name](v, bound):
+                allowed = " and ".join(f"{_BOUND_SIGNS[n]} {b:g}" for n, b in bounds.items())
+                raise _bad(key, value, f"values {allowed}")
+
+
+def _unknown(key: str, name: str, allowed: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(name, allowed, n=1)
+    hint = f" (did you mean '{key}{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{key}{name}'{hint}; allowed: {', '.join(allowed)}")
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in fields:
+            raise _unknown(prefix, str(name), list(fields))
+        key = f"{prefix}{name}"
+        kwargs[name] = _coerce(key, value, hints[name])
+        _check_bounds(key, kwargs[name], fields[name].metadata.get("bounds", {}))
+    obj = cls(**kwargs)
+    _check_ordered_ranges(obj, prefix)
+    return obj
+
+
+def _check_ordered_ranges(obj: Any, prefix: str) -> None:
+    """A ``(low, high)`` pair of floats must have low <= high."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if hints[f.name] == tuple[float, float]:
+            low, high = getattr(obj, f.name)
+            if low > high:
+                raise _bad(f"{prefix}{f.name}", [low, high], "a range [low, high] with low <= high")
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Any:
+    """Build and validate the experiment config a plain mapping describes."""
+    kind = data.get("kind", DEFAULT_KIND)
+    if kind not in CONFIG_KINDS:
+        raise _bad("kind", kind, f"one of {', '.join(map(repr, CONFIG_KINDS))}")
+    return _build(CONFIG_KINDS[kind], data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"a.b=value"`` into its key path and YAML-parsed value."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. inner.lr=0.05)")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``key=value`` override set (nested via dots)."""
+    out: dict[str, Any] = _deep_copy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with a clear error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Any:
+    """Load a config from YAML (or the built-in default when ``path`` is None) plus overrides."""
+    data = read_yaml(path) if path is not None else {}
+    return config_from_dict(apply_overrides(data, overrides))
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A plain, YAML-ready mapping of a config (tuples as lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    result: dict[str, Any] = plain(dataclasses.asdict(config))
+    return result
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Write a config as YAML (the run directory's record of what ran)."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def config_diff(a: Any, b: Any) -> list[str]:
+    """Dotted keys whose values differ between two configs of the same kind."""
+
+    def walk(x: Any, y: Any, prefix: str) -> list[str]:
+        if isinstance(x, dict) and isinstance(y, dict):
+            keys = sorted(set(x) | set(y))
+            return [d for k in keys for d in walk(x.get(k), y.get(k), f"{prefix}{k}.")]
+        return [] if x == y else [prefix.rstrip(".")]
+
+    return walk(config_to_dict(a), config_to_dict(b), "")
+
+
+def with_overrides(config: T, overrides: Sequence[str]) -> T:
+    """A copy of ``config`` with ``key=value`` overrides, validated like a loaded file."""
+    result: T = config_from_dict(apply_overrides(config_to_dict(config), overrides))
+    return result
