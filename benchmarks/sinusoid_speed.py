@@ -18,12 +18,12 @@ from collections.abc import Callable
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import torch  # noqa: E402
+import torch
 
-from metarl.config import load_config  # noqa: E402
-from metarl.networks import apply  # noqa: E402
-from metarl.rngs import Rngs  # noqa: E402
-from metarl.supervised.sinusoid import SinusoidLearner, mse, sample_sinusoid_tasks  # noqa: E402
+from metarl.config import load_config
+from metarl.networks import apply
+from metarl.rngs import Rngs
+from metarl.supervised.sinusoid import SinusoidLearner, mse, sample_sinusoid_tasks
 
 
 def time_ms(fn: Callable[[], object], *, warmup: int, iters: int, repeats: int) -> float:

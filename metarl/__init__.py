@@ -4,3 +4,7 @@ from metarl.adaptation import adapt
 
 __all__ = ["adapt"]
 __version__ = "0.1.0"
+
+# Register the task environments (metarl/...) with Gymnasium. A plain module import, last:
+# envs itself imports metarl.tasks.
+import envs  # noqa: F401

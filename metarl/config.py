@@ -144,10 +144,120 @@ class SinusoidConfig:
     """Iterations between checkpoints (one is always written at the end)."""
 
 
-ExperimentConfig = SinusoidConfig
+# --------------------------------------------------------------------------- meta-RL
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """The task environment."""
+
+    id: str = "metarl/Navigation2D-v0"
+    """Gymnasium id of a task env (``metarl/...`` or a user's own, ``module:Id``)."""
+    horizon: int = bounded(100, ge=1)
+    """Maximum steps per episode (episodes also end at the env's own time limit)."""
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How episodes are collected."""
+
+    backend: Literal["local", "processes"] = "local"
+    """``local``: sub-envs stepped in this process (batched envs use their own vector env);
+    ``processes``: sub-envs split over ``num_workers`` worker processes."""
+    num_workers: int = bounded(2, ge=1)
+    """Worker processes of the ``processes`` backend."""
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The Gaussian MLP policy (the paper's: two hidden layers of 100 ReLU units)."""
+
+    hidden_sizes: tuple[int, ...] = bounded((100, 100), ge=1)
+    """Width of each hidden layer."""
+    activation: Literal["relu", "tanh"] = "relu"
+    """Nonlinearity after each hidden layer."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of the actions (state-independent, learned)."""
+
+
+@dataclass(frozen=True)
+class TRPOConfig:
+    """The outer TRPO step on the meta-objective."""
+
+    max_kl: float = bounded(0.01, gt=0.0)
+    """Trust region: the mean KL a step may reach."""
+    damping: float = bounded(1e-5, ge=0.0)
+    """Added to the Hessian-vector product: (H + damping I) v."""
+    cg_iters: int = bounded(10, ge=1)
+    """Conjugate-gradient iterations."""
+    hvp: Literal["finite_difference", "exact"] = "finite_difference"
+    """Hessian-vector products by finite differences of gradients (the paper) or double backprop."""
+    fd_base_eps: float = bounded(1e-5, gt=0.0)
+    """Finite-difference scale: eps = fd_base_eps / (|theta| + 1e-8)."""
+    backtrack_ratio: float = bounded(0.8, gt=0.0, lt=1.0)
+    """Line-search shrink factor."""
+    max_backtracks: int = bounded(15, ge=1)
+    """Line-search tries before the step is rejected."""
+
+
+@dataclass(frozen=True)
+class RLEvalConfig:
+    """Adaptation-curve evaluation on held-out tasks."""
+
+    num_tasks: int = bounded(40, ge=2)
+    """Held-out tasks."""
+    episodes_per_task: int = bounded(20, ge=1)
+    """Episodes per task and per gradient step."""
+    max_steps: int = bounded(3, ge=0)
+    """Curves report the return after 0..max_steps policy-gradient steps."""
+    lr: tuple[float, ...] = bounded((0.1, 0.05, 0.05), gt=0.0)
+    """Inner lr of each test step (the last value repeats); the paper's scripts: 0.1, then 0.05."""
+    seed: int = bounded(10_000, ge=0)
+    """Seed of the held-out task stream (kept apart from the training stream)."""
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """MAML-TRPO meta-reinforcement learning (MAML paper, section 5.3)."""
+
+    kind: Literal["rl"] = "rl"
+    """Experiment type."""
+    seed: int = bounded(0, ge=0)
+    """Seed of every random stream of the run."""
+    iterations: int = bounded(100, ge=1)
+    """Meta-iterations (outer TRPO steps)."""
+    meta_batch_size: int = bounded(20, ge=1)
+    """Tasks per meta-iteration."""
+    episodes_per_task: int = bounded(20, ge=1)
+    """Episodes per task for adaptation and for the meta-update (the paper's fast batch)."""
+    gamma: float = bounded(0.99, gt=0.0, le=1.0)
+    """Discount factor."""
+    gae_lambda: float = bounded(1.0, ge=0.0, le=1.0)
+    """GAE lambda (1.0: Monte Carlo returns minus the baseline)."""
+    normalize_advantages: bool = True
+    """Standardise advantages per task (as the paper's code)."""
+    inner: InnerLoopConfig = field(default_factory=lambda: InnerLoopConfig(lr=0.1))
+    """Inner loop: vanilla policy gradient."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Task environment."""
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    """Episode collection."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    """Policy network."""
+    trpo: TRPOConfig = field(default_factory=TRPOConfig)
+    """Outer loop."""
+    eval: RLEvalConfig = field(default_factory=RLEvalConfig)
+    """Evaluation settings for ``metarl evaluate``."""
+    log_every: int = bounded(1, ge=1)
+    """Iterations between log rows."""
+    checkpoint_every: int = bounded(1, ge=1)
+    """Iterations between checkpoints (one is always written at the end)."""
+
+
+ExperimentConfig = SinusoidConfig | RLConfig
 """Any top-level experiment config."""
 
-CONFIG_KINDS: dict[str, type[Any]] = {"sinusoid": SinusoidConfig}
+CONFIG_KINDS: dict[str, type[Any]] = {"sinusoid": SinusoidConfig, "rl": RLConfig}
 """Top-level config class for each ``kind``."""
 
 DEFAULT_KIND = "sinusoid"

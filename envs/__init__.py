@@ -1,0 +1,55 @@
+"""Task environments of the MAML paper, registered with Gymnasium under the ``metarl/`` namespace.
+
+``import envs`` (or ``import metarl``) registers them; then ``gymnasium.make("metarl/<Name>-v0")``
+works, as does ``gymnasium.make("envs:metarl/<Name>-v0")`` without importing anything first.
+
+=========================  ===================  ===============================  =======
+id                         task                 distribution                     horizon
+=========================  ===================  ===============================  =======
+metarl/Navigation2D-v0     NavigationTask       goal ~ U[-0.5, 0.5]^2            100
+metarl/HalfCheetahVel-v0   VelocityTask         velocity ~ U[0, 2]               200
+metarl/HalfCheetahDir-v0   DirectionTask        direction in {-1, +1}            200
+metarl/AntVel-v0           VelocityTask         velocity ~ U[0, 3]               200
+metarl/AntDir-v0           DirectionTask        direction in {-1, +1}            200
+metarl/AntGoal-v0          GoalTask             goal ~ U[-3, 3]^2                200
+=========================  ===================  ===============================  =======
+"""
+
+from __future__ import annotations
+
+import gymnasium
+
+from envs.tasks import DirectionTask, GoalTask, NavigationTask, VelocityTask
+
+__all__ = ["ENV_IDS", "DirectionTask", "GoalTask", "NavigationTask", "VelocityTask"]
+
+NAMESPACE = "metarl"
+
+_ENTRY_POINTS: dict[str, tuple[str, int]] = {
+    "Navigation2D-v0": ("envs.navigation:Navigation2DEnv", 100),
+    "HalfCheetahVel-v0": ("envs.half_cheetah:HalfCheetahVelEnv", 200),
+    "HalfCheetahDir-v0": ("envs.half_cheetah:HalfCheetahDirEnv", 200),
+    "AntVel-v0": ("envs.ant:AntVelEnv", 200),
+    "AntDir-v0": ("envs.ant:AntDirEnv", 200),
+    "AntGoal-v0": ("envs.ant:AntGoalEnv", 200),
+}
+_VECTOR_ENTRY_POINTS = {"Navigation2D-v0": "envs.navigation:Navigation2DVectorEnv"}
+
+ENV_IDS: tuple[str, ...] = tuple(f"{NAMESPACE}/{name}" for name in _ENTRY_POINTS)
+"""The ids of all task envs registered here."""
+
+
+def _register_all() -> None:
+    for name, (entry_point, horizon) in _ENTRY_POINTS.items():
+        env_id = f"{NAMESPACE}/{name}"
+        if env_id in gymnasium.registry:
+            continue
+        gymnasium.register(
+            id=env_id,
+            entry_point=entry_point,
+            vector_entry_point=_VECTOR_ENTRY_POINTS.get(name),
+            max_episode_steps=horizon,
+        )
+
+
+_register_all()
