@@ -178,9 +178,21 @@ class Navigation2DVectorEnv(VectorEnv[NDArray[np.float32], Any, NDArray[Any]]):
         return self._tasks
 
     def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+        self,
+        *,
+        seed: int | Sequence[int] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> tuple[NDArray[np.float32], dict[str, Any]]:
-        """Reset all sub-envs, or those in ``options["reset_mask"]``, to (0, 0)."""
+        """Reset all sub-envs, or those in ``options["reset_mask"]``, to (0, 0).
+
+        ``seed`` may be one int or one per sub-env, as for Gymnasium's vector envs; resets
+        draw nothing (every point starts at the origin), so only the first seeds the env.
+        """
+        if seed is not None and not isinstance(seed, int):
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"reset: {len(seeds)} seeds for {self.num_envs} sub-envs")
+            seed = int(seeds[0])
         super().reset(seed=seed)
         mask = np.ones(self.num_envs, dtype=np.bool_)
         if options is not None and "reset_mask" in options:

@@ -210,8 +210,9 @@ class RLEvalConfig:
     """Episodes per task and per gradient step."""
     max_steps: int = bounded(3, ge=0)
     """Curves report the return after 0..max_steps policy-gradient steps."""
-    lr: tuple[float, ...] = bounded((0.1, 0.05, 0.05), gt=0.0)
-    """Inner lr of each test step (the last value repeats); the paper's scripts: 0.1, then 0.05."""
+    lr: tuple[float, ...] | None = bounded(None, gt=0.0)
+    """Inner lr of each test step, the last value repeating (the paper's test scripts used
+    [0.1, 0.05]); null: the training inner lr at every step."""
     seed: int = bounded(10_000, ge=0)
     """Seed of the held-out task stream (kept apart from the training stream)."""
 
@@ -222,6 +223,8 @@ class RLConfig:
 
     kind: Literal["rl"] = "rl"
     """Experiment type."""
+    method: Literal["maml"] = "maml"
+    """``maml``: meta-train the policy with MAML-TRPO."""
     seed: int = bounded(0, ge=0)
     """Seed of every random stream of the run."""
     iterations: int = bounded(100, ge=1)

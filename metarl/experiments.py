@@ -68,10 +68,40 @@ def _sinusoid_evaluate(runs: Sequence[Checkpoint], options: EvalOptions) -> Eval
     )
 
 
+def _rl_learner(config: Any, rngs: Rngs) -> Learner:
+    from metarl.rl import MAMLTRPOLearner
+
+    return MAMLTRPOLearner(config, rngs)
+
+
+def _rl_evaluate(runs: Sequence[Checkpoint], options: EvalOptions) -> EvalResult:
+    from metarl.rl import evaluate_rl
+
+    overrides = [
+        f"eval.{key}={value}"
+        for key, value in (
+            ("num_tasks", options.num_tasks),
+            ("max_steps", options.steps),
+            ("seed", options.seed),
+        )
+        if value is not None
+    ]
+    eval_cfg = with_overrides(runs[0].config, overrides).eval
+    rows = evaluate_rl([(r.config, r.learner["params"]) for r in runs], eval_cfg)
+    return EvalResult(
+        rows=rows, metric="return", ylabel="average return", title=runs[0].config.env.id
+    )
+
+
 KINDS: dict[str, ExperimentKind] = {
     "sinusoid": ExperimentKind(
         make_learner=_sinusoid_learner,
         evaluate=_sinusoid_evaluate,
         progress_keys=("pre_adapt_query_loss", "post_adapt_query_loss", "train_loss"),
+    ),
+    "rl": ExperimentKind(
+        make_learner=_rl_learner,
+        evaluate=_rl_evaluate,
+        progress_keys=("pre_adapt_return", "post_adapt_return"),
     ),
 }

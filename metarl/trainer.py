@@ -44,6 +44,10 @@ class Learner(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def close(self) -> None:
+        """Release what the learner holds (e.g. sampler worker processes)."""
+        ...
+
 
 LearnerFactory = Callable[[Any, Rngs], Learner]
 
@@ -181,7 +185,13 @@ class Trainer:
         last_good = f"{self.run_dir / CHECKPOINT} (iteration {start})"
         try:
             for it in range(start, cfg.iterations):
-                stats = learner.step(rngs)
+                try:
+                    stats = learner.step(rngs)
+                except FloatingPointError as err:  # e.g. a NaN observation from the env
+                    raise TrainingError(
+                        f"iteration {it + 1}: {err}; training stopped. The last "
+                        f"good checkpoint is kept: {last_good}"
+                    ) from err
                 check_finite(it + 1, stats, last_good)
                 window.add(stats)
                 done = it + 1
@@ -203,6 +213,7 @@ class Trainer:
         finally:
             for logger in loggers:
                 logger.close()
+            learner.close()
         return learner
 
 

@@ -64,8 +64,9 @@ class ShardedVectorEnv(VectorEnv[Any, Any, Any]):
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.NEXT_STEP}  # noqa: RUF012
 
-    def __init__(self, env_fns: Sequence[EnvFn], *, num_workers: int = 2,
-                 context: str = "spawn") -> None:
+    def __init__(
+        self, env_fns: Sequence[EnvFn], *, num_workers: int = 2, context: str = "spawn"
+    ) -> None:
         self.num_envs = len(env_fns)
         self.bounds = shard_bounds(self.num_envs, num_workers)
         probe = env_fns[0]()
@@ -79,8 +80,7 @@ class ShardedVectorEnv(VectorEnv[Any, Any, Any]):
         self.processes = []
         for start, stop in self.bounds:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, list(env_fns[start:stop])),
-                               daemon=True)
+            proc = ctx.Process(target=_worker, args=(child, list(env_fns[start:stop])), daemon=True)
             proc.start()
             child.close()
             self.remotes.append(parent)
@@ -96,8 +96,9 @@ class ShardedVectorEnv(VectorEnv[Any, Any, Any]):
             results.append(payload)
         return results
 
-    def reset(self, *, seed: int | Sequence[int] | None = None,
-              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | Sequence[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         if options:
             raise ValueError("ShardedVectorEnv.reset does not take options")
         seeds: list[int | None]
@@ -111,8 +112,9 @@ class ShardedVectorEnv(VectorEnv[Any, Any, Any]):
             remote.send(("reset", seeds[a:b]))
         return np.concatenate(self._gather()), {}
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                  np.ndarray, dict[str, Any]]:
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         for remote, (a, b) in zip(self.remotes, self.bounds, strict=True):
             remote.send(("step", actions[a:b]))
         parts = self._gather()

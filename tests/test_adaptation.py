@@ -1,5 +1,7 @@
 """The shared inner loop: exact meta-gradients, the first-order flag, vmap over tasks."""
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch.func import functional_call, vmap
@@ -7,7 +9,14 @@ from torch.func import functional_call, vmap
 from metarl import adapt
 from metarl.adaptation import inner_lrs
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64() -> Iterator[None]:
+    """These checks are about exactness: float64 throughout, restored afterwards."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _linear_task(gen: torch.Generator, n: int = 7, d: int = 3):

@@ -89,6 +89,9 @@ class _NaNAfter:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.inner.load_state_dict(state)
 
+    def close(self) -> None:
+        pass
+
 
 def test_nan_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path: Path):
     cfg = load_config(None, [*SMALL, "iterations=20"])

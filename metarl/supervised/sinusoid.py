@@ -181,6 +181,9 @@ class SinusoidLearner:
     def state_dict(self) -> dict[str, Any]:
         return {"params": self.weights(), "optimizer": self.optimizer.state_dict()}
 
+    def close(self) -> None:
+        """Nothing to release."""
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
             for name, value in state["params"].items():

@@ -1,0 +1,251 @@
+"""MAML-TRPO (the paper's Algorithm 3): one meta-iteration is sample -> adapt -> sample -> TRPO.
+
+Data goes one way: task env -> sampler -> episodes -> adaptation -> outer step -> stats.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from metarl.config import RLConfig, RLEvalConfig
+from metarl.episodes import EpisodeBatch, split_tasks
+from metarl.evaluation import curve_rows
+from metarl.maml_rl import (
+    InnerLoop,
+    MetaBatch,
+    TRPOSettings,
+    adapt_policy,
+    adapt_tasks,
+    compute_advantages,
+    meta_trpo_step,
+)
+from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, MLPPolicy, Params
+from metarl.rngs import Rngs
+from metarl.sampler import Sampler, make_env
+from metarl.tasks import TaskEnv
+
+
+def make_policy(config: RLConfig, env: gym.Env[Any, Any]) -> MLPPolicy:
+    """The policy for ``env``'s spaces: Gaussian for Box actions, categorical for Discrete."""
+    obs_space, act_space = env.observation_space, env.action_space
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise ValueError(f"{config.env.id}: observations must be a flat Box, got {obs_space}")
+    obs_dim = int(obs_space.shape[0])
+    p = config.policy
+    if isinstance(act_space, gym.spaces.Discrete):
+        return CategoricalMLPPolicy(
+            obs_dim=obs_dim,
+            num_actions=int(act_space.n),
+            hidden_sizes=p.hidden_sizes,
+            activation=p.activation,
+        )
+    if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
+        return GaussianMLPPolicy(
+            obs_dim=obs_dim,
+            act_dim=int(act_space.shape[0]),
+            hidden_sizes=p.hidden_sizes,
+            activation=p.activation,
+            init_log_std=p.init_log_std,
+        )
+    raise ValueError(f"{config.env.id}: unsupported action space {act_space}")
+
+
+def task_env(env: gym.Env[Any, Any], env_id: str) -> TaskEnv:
+    """The unwrapped env, checked to follow the task protocol."""
+    inner = env.unwrapped
+    if not isinstance(inner, TaskEnv):
+        raise TypeError(
+            f"{env_id} is not a task env: it needs sample_tasks(num_tasks, rng), "
+            "set_task(task) and a task property (see README 'Your own task env')"
+        )
+    return inner
+
+
+def inner_loop(config: RLConfig) -> InnerLoop:
+    i = config.inner
+    return InnerLoop(steps=i.steps, lr=i.lr, first_order=i.first_order)
+
+
+def trpo_settings(config: RLConfig) -> TRPOSettings:
+    t = config.trpo
+    return TRPOSettings(
+        max_kl=t.max_kl,
+        damping=t.damping,
+        cg_iters=t.cg_iters,
+        hvp=t.hvp,
+        fd_base_eps=t.fd_base_eps,
+        backtrack_ratio=t.backtrack_ratio,
+        max_backtracks=t.max_backtracks,
+    )
+
+
+class MAMLTRPOLearner:
+    """Meta-trains a policy with MAML-TRPO; ``step`` is one meta-iteration."""
+
+    def __init__(self, config: RLConfig, rngs: Rngs) -> None:
+        self.config = config
+        self._env = make_env(config.env.id)
+        self.tasks = task_env(self._env, config.env.id)
+        self.policy = make_policy(config, self._env)
+        self.params: Params = self.policy.init_params(rngs.torch)
+        self.sampler = Sampler(
+            env_id=config.env.id,
+            num_tasks=config.meta_batch_size,
+            episodes_per_task=config.episodes_per_task,
+            horizon=config.env.horizon,
+            backend=config.sampler.backend,
+            num_workers=config.sampler.num_workers,
+        )
+        self.inner = inner_loop(config)
+        self.trpo = trpo_settings(config)
+
+    def advantages(self, episodes: EpisodeBatch) -> torch.Tensor:
+        c = self.config
+        return compute_advantages(
+            episodes, gamma=c.gamma, gae_lambda=c.gae_lambda, normalize=c.normalize_advantages
+        )
+
+    def step(self, rngs: Rngs) -> dict[str, float]:
+        clock = time.perf_counter()
+        tasks = self.tasks.sample_tasks(self.config.meta_batch_size, rngs.numpy)
+        seeds = rngs.numpy.integers(0, 2**31 - 1, size=2)
+        train = self.sampler.sample(
+            self.policy, self.params, tasks, generator=rngs.torch, seed=int(seeds[0])
+        )
+        t_sample = time.perf_counter() - clock
+        clock = time.perf_counter()
+        train_adv = self.advantages(train)
+        adapted = adapt_tasks(self.policy, self.params, train, train_adv, self.inner)
+        t_adapt = time.perf_counter() - clock
+        clock = time.perf_counter()
+        valid = self.sampler.sample(
+            self.policy,
+            adapted,
+            tasks,
+            generator=rngs.torch,
+            seed=int(seeds[1]),
+            per_task_params=True,
+        )
+        t_sample += time.perf_counter() - clock
+        clock = time.perf_counter()
+        batch = MetaBatch(
+            train=train,
+            train_advantages=train_adv,
+            valid=valid,
+            valid_advantages=self.advantages(valid),
+            inner=self.inner,
+        )
+        self.params, trpo_stats = meta_trpo_step(self.policy, self.params, batch, self.trpo)
+        t_trpo = time.perf_counter() - clock
+        return {
+            "pre_adapt_return": float(train.returns.mean()),
+            "post_adapt_return": float(valid.returns.mean()),
+            **{f"trpo/{k}": v for k, v in trpo_stats.as_dict().items()},
+            "time/sample_s": t_sample,
+            "time/adapt_s": t_adapt,
+            "time/trpo_s": t_trpo,
+        }
+
+    def weights(self) -> Params:
+        return {k: v.detach().clone() for k, v in self.params.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"params": self.weights()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.params = {k: v.clone() for k, v in state["params"].items()}
+
+    def close(self) -> None:
+        self.sampler.close()
+        self._env.close()
+
+
+EVAL_STREAM = 0xE7A1  # mixes held-out task streams apart from training streams
+
+
+def eval_rng(seed: int) -> np.random.Generator:
+    """The held-out task stream: derived so it never equals a training stream."""
+    return np.random.default_rng(np.random.SeedSequence([EVAL_STREAM, seed]))
+
+
+def step_lrs(eval_cfg: RLEvalConfig, train_lr: float) -> list[float]:
+    """The inner lr of each test step: ``eval.lr`` with its last value repeated, or ``train_lr``."""
+    given = list(eval_cfg.lr) if eval_cfg.lr is not None else [train_lr]
+    return [given[min(i, len(given) - 1)] for i in range(eval_cfg.max_steps)]
+
+
+def _adapt_each(
+    policy: MLPPolicy, params: Params, episodes: EpisodeBatch, advantages: torch.Tensor, lr: float
+) -> Params:
+    """One VPG step per task from per-task weights ``[K, ...]`` (no meta-graph kept)."""
+    fn = functools.partial(adapt_policy, policy, steps=1, lr=lr, first_order=True)
+    adapted: Params = torch.func.vmap(fn)(
+        params, episodes.by_task(), split_tasks(advantages, episodes.num_tasks)
+    )
+    return {k: v.detach() for k, v in adapted.items()}
+
+
+def adaptation_returns(
+    config: RLConfig,
+    params: Params,
+    tasks: Sequence[Any],
+    sampler: Sampler,
+    eval_cfg: RLEvalConfig,
+    *,
+    seed: int,
+) -> np.ndarray:
+    """Mean return per task after 0..max_steps policy-gradient steps: ``[steps + 1, tasks]``.
+
+    Every step samples fresh episodes with the current (per-task) weights, then adapts on them.
+    """
+    policy = make_policy(config, make_env(config.env.id))
+    current = {k: v.unsqueeze(0).expand(len(tasks), *v.shape).clone() for k, v in params.items()}
+    generator = torch.Generator().manual_seed(seed)
+    seeds = np.random.SeedSequence([EVAL_STREAM, seed]).generate_state(eval_cfg.max_steps + 1)
+    returns = []
+    for step, lr in enumerate([*step_lrs(eval_cfg, config.inner.lr), None]):
+        batch = sampler.sample(
+            policy, current, tasks, generator=generator, seed=int(seeds[step]), per_task_params=True
+        )
+        returns.append(batch.returns.reshape(len(tasks), -1).mean(1).double().numpy())
+        if lr is not None:
+            adv = compute_advantages(
+                batch,
+                gamma=config.gamma,
+                gae_lambda=config.gae_lambda,
+                normalize=config.normalize_advantages,
+            )
+            current = _adapt_each(policy, current, batch, adv, lr)
+    return np.stack(returns)
+
+
+def evaluate_rl(
+    runs: Sequence[tuple[RLConfig, Params]], eval_cfg: RLEvalConfig
+) -> list[dict[str, Any]]:
+    """Adaptation-curve rows (``mean_return``, ``ci95_return``) of every run on the same
+    held-out tasks, drawn from the first run's env with ``eval_cfg.seed``."""
+    base = runs[0][0]
+    env = make_env(base.env.id)
+    tasks = task_env(env, base.env.id).sample_tasks(eval_cfg.num_tasks, eval_rng(eval_cfg.seed))
+    rows: list[dict[str, Any]] = []
+    with Sampler(
+        env_id=base.env.id,
+        num_tasks=eval_cfg.num_tasks,
+        episodes_per_task=eval_cfg.episodes_per_task,
+        horizon=base.env.horizon,
+        backend=base.sampler.backend,
+        num_workers=base.sampler.num_workers,
+    ) as sampler:
+        for config, params in runs:
+            if config.env.id != base.env.id:
+                raise ValueError(f"cannot compare runs on {config.env.id!r} and {base.env.id!r}")
+            curve = adaptation_returns(config, params, tasks, sampler, eval_cfg, seed=eval_cfg.seed)
+            rows += curve_rows(curve, metric="return", method=config.method)
+    return rows

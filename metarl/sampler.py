@@ -1,0 +1,255 @@
+"""On-policy sampling: every task x episode advances together on one Gymnasium vector env.
+
+Sub-env ``n`` runs task ``n // episodes_per_task`` for exactly one episode per call, so
+Gymnasium's autoreset never splices two episodes together: a sub-env that has ended is masked
+until the slowest episode ends (or the horizon is reached), and its autoreset step is ignored.
+One batched policy forward per time step picks the actions of all sub-envs; no gradients are
+kept, and the policy never leaves this process (workers only step envs).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor
+
+from metarl.episodes import EpisodeBatch
+from metarl.policies import MLPPolicy, Params
+from metarl.vector import ShardedVectorEnv
+
+Backend = Literal["local", "processes"]
+
+
+def resolve_env_id(env_id: str) -> str:
+    """The registered id of ``env_id``, importing ``module`` first for ``"module:Name-v0"``.
+
+    Raises a clear ``ValueError`` for a module that does not import or an unknown id.
+    """
+    module, sep, name = env_id.rpartition(":")
+    if sep:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ValueError(f"env id {env_id!r}: cannot import module {module!r}: {err}") from None
+    if name not in gym.registry:
+        ours = sorted(k for k in gym.registry if k.startswith("metarl/"))
+        raise ValueError(
+            f"unknown env id {env_id!r}; registered task envs: {', '.join(ours)} "
+            "(a user's own env: 'module:Name-v0', registered when module imports)"
+        )
+    return name
+
+
+def make_env(env_id: str, **kwargs: Any) -> gym.Env[Any, Any]:
+    """``gymnasium.make`` of a task env id (see :func:`resolve_env_id`)."""
+    return gym.make(resolve_env_id(env_id), **kwargs)
+
+
+def make_vector_env(
+    env_id: str,
+    num_envs: int,
+    *,
+    backend: Backend = "local",
+    num_workers: int = 2,
+    env_kwargs: dict[str, Any] | None = None,
+) -> gym.vector.VectorEnv[Any, Any, Any]:
+    """A vector env of ``num_envs`` sub-envs: the env's own batched implementation when it
+    registers a ``vector_entry_point``, else a ``SyncVectorEnv`` (``local``) or a
+    :class:`ShardedVectorEnv` over ``num_workers`` processes (``processes``)."""
+    env_id = resolve_env_id(env_id)
+    kwargs = env_kwargs or {}
+    spec = gym.spec(env_id)
+    if spec.vector_entry_point is not None:
+        return gym.make_vec(
+            env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs
+        )
+    fns = [functools.partial(make_env, env_id, **kwargs) for _ in range(num_envs)]
+    if backend == "processes":
+        return ShardedVectorEnv(fns, num_workers=num_workers)
+    return gym.vector.SyncVectorEnv(fns)
+
+
+@dataclass
+class _Buffers:
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    log_probs: np.ndarray
+    mask: np.ndarray
+
+
+class Sampler:
+    """Collects ``episodes_per_task`` episodes of each of ``num_tasks`` tasks per call."""
+
+    def __init__(
+        self,
+        *,
+        env_id: str,
+        num_tasks: int,
+        episodes_per_task: int,
+        horizon: int,
+        backend: Backend = "local",
+        num_workers: int = 2,
+        env_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if num_tasks < 1 or episodes_per_task < 1 or horizon < 1:
+            raise ValueError("Sampler: num_tasks, episodes_per_task and horizon must be >= 1")
+        self.env_id = env_id
+        self.num_tasks = num_tasks
+        self.episodes_per_task = episodes_per_task
+        self.num_envs = num_tasks * episodes_per_task
+        self.horizon = horizon
+        self.envs = make_vector_env(
+            env_id, self.num_envs, backend=backend, num_workers=num_workers, env_kwargs=env_kwargs
+        )
+        space = self.envs.single_action_space
+        self.discrete = isinstance(space, gym.spaces.Discrete)
+        self.low = None if self.discrete else np.asarray(space.low)  # type: ignore[attr-defined]
+        self.high = None if self.discrete else np.asarray(space.high)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.envs.close()
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def sample(
+        self,
+        policy: MLPPolicy,
+        params: Params,
+        tasks: Sequence[Any],
+        *,
+        generator: torch.Generator,
+        seed: int,
+        per_task_params: bool = False,
+    ) -> EpisodeBatch:
+        """One episode per sub-env, ``episodes_per_task`` per task, acting with ``params``.
+
+        ``per_task_params``: ``params`` carry a leading task axis (adapted ``theta_i``), so
+        task ``k``'s episodes act with ``params[...][k]``. ``seed`` seeds the sub-envs' resets;
+        ``generator`` draws the actions. Same seeds, same episodes.
+        """
+        if len(tasks) != self.num_tasks:
+            raise ValueError(f"Sampler built for {self.num_tasks} tasks, got {len(tasks)}")
+        per_env = [t for t in tasks for _ in range(self.episodes_per_task)]
+        self.envs.set_attr("task", per_env)  # type: ignore[attr-defined]
+        seeds = np.random.SeedSequence(seed).generate_state(self.num_envs).tolist()
+        reset_seeds: Any = [int(s) % (2**31) for s in seeds]  # one per sub-env
+        obs, _ = self.envs.reset(seed=reset_seeds)
+        return self._rollout(policy, params, np.asarray(obs), generator, per_task_params)
+
+    def _act(
+        self,
+        policy: MLPPolicy,
+        params: Params,
+        obs: np.ndarray,
+        generator: torch.Generator,
+        per_task: bool,
+    ) -> tuple[Tensor, Tensor]:
+        x = torch.as_tensor(obs, dtype=torch.float32)
+        if per_task:
+            x = x.reshape(self.num_tasks, self.episodes_per_task, -1)
+            actions, log_probs = policy.sample_per_task(params, x, generator)
+            return actions.flatten(0, 1), log_probs.flatten(0, 1)
+        return policy.sample(params, x, generator)
+
+    def _rollout(
+        self,
+        policy: MLPPolicy,
+        params: Params,
+        obs: np.ndarray,
+        generator: torch.Generator,
+        per_task: bool,
+    ) -> EpisodeBatch:
+        n, h = self.num_envs, self.horizon
+        buf: _Buffers | None = None
+        alive = np.ones(n, dtype=bool)
+        lengths = np.zeros(n, dtype=np.int64)
+        terminated = np.zeros(n, dtype=bool)
+        truncated = np.zeros(n, dtype=bool)
+        last_obs = np.zeros_like(obs, dtype=np.float32)
+        for t in range(h):
+            actions, log_probs = self._act(policy, params, obs, generator, per_task)
+            act = actions.numpy()
+            if buf is None:
+                buf = _new_buffers(h, obs, act)
+            buf.obs[t], buf.actions[t], buf.log_probs[t], buf.mask[t] = obs, act, log_probs, alive
+            env_act = act if self.discrete else np.clip(act, self.low, self.high)
+            obs, rew, term, trunc, _ = self.envs.step(env_act)
+            _check_finite(obs, rew, t)
+            buf.rewards[t] = np.where(alive, rew, 0.0)
+            ended = alive & (term | trunc)
+            terminated |= ended & term
+            truncated |= ended & trunc & ~term
+            last_obs[alive] = obs[alive]
+            lengths += alive
+            alive &= ~ended
+            if not alive.any():
+                break
+        if t == h - 1 and alive.any():
+            truncated |= alive  # the sampler's horizon cut them: a time-limit end
+        assert buf is not None
+        return _to_batch(
+            buf,
+            t + 1,
+            lengths,
+            terminated,
+            truncated,
+            last_obs,
+            self.num_tasks,
+            self.episodes_per_task,
+        )
+
+
+def _new_buffers(h: int, obs: np.ndarray, act: np.ndarray) -> _Buffers:
+    n = obs.shape[0]
+    return _Buffers(
+        obs=np.zeros((h, *obs.shape), dtype=np.float32),
+        actions=np.zeros((h, *act.shape), dtype=act.dtype),
+        rewards=np.zeros((h, n), dtype=np.float32),
+        log_probs=np.zeros((h, n), dtype=np.float32),
+        mask=np.zeros((h, n), dtype=np.float32),
+    )
+
+
+def _check_finite(obs: np.ndarray, rew: np.ndarray, t: int) -> None:
+    if not (np.isfinite(obs).all() and np.isfinite(rew).all()):
+        raise FloatingPointError(f"sampler: non-finite observation or reward at step {t}")
+
+
+def _to_batch(
+    buf: _Buffers,
+    steps: int,
+    lengths: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    last_obs: np.ndarray,
+    num_tasks: int,
+    episodes_per_task: int,
+) -> EpisodeBatch:
+    def cut(x: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x[:steps]))
+
+    return EpisodeBatch(
+        observations=cut(buf.obs),
+        actions=cut(buf.actions),
+        rewards=cut(buf.rewards),
+        mask=cut(buf.mask),
+        lengths=torch.from_numpy(lengths),
+        terminated=torch.from_numpy(terminated),
+        truncated=torch.from_numpy(truncated),
+        last_observations=torch.from_numpy(last_obs),
+        log_probs=cut(buf.log_probs),
+        num_tasks=num_tasks,
+        episodes_per_task=episodes_per_task,
+    )

@@ -1,0 +1,313 @@
+"""Trust-region policy optimisation (Schulman et al. 2015) on ``dict[str, Tensor]`` weights.
+
+One step solves ``H x = g`` by conjugate gradient, where ``g`` is the gradient of the loss and
+``H`` the Hessian of the KL constraint (plus ``damping * I``), scales the direction to the
+trust-region boundary ``beta = sqrt(2 max_kl / x^T H x)`` and backtracks along ``-beta x`` until
+the step lowers the loss and keeps ``KL <= max_kl``. Hessian-vector products come either by
+central finite differences of KL gradients (rllab's ``FiniteDifferenceHvp``, as in the MAML
+paper) or exactly by double backpropagation.
+
+Nothing here logs; :func:`trpo_step` returns a :class:`TRPOStats`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Params = dict[str, Tensor]
+ScalarFn = Callable[[Params], Tensor]
+LossKLFn = Callable[[Params], tuple[Tensor, Tensor]]
+HVP = Callable[[Tensor], Tensor]
+HVPMethod = Literal["finite_difference", "exact"]
+
+
+def flatten_params(params: Params) -> Tensor:
+    """Concatenate all weights (in dict order) into one flat vector."""
+    return torch.cat([p.reshape(-1) for p in params.values()])
+
+
+def unflatten_params(flat: Tensor, like: Params) -> Params:
+    """Split a flat vector back into a dict shaped like ``like`` (views of ``flat``)."""
+    out: Params = {}
+    offset = 0
+    for name, p in like.items():
+        n = p.numel()
+        out[name] = flat[offset : offset + n].view_as(p)
+        offset += n
+    if offset != flat.numel():
+        raise ValueError(
+            f"unflatten_params: vector has {flat.numel()} entries, weights need {offset}"
+        )
+    return out
+
+
+def leaf_params(params: Params) -> Params:
+    """Detached copies of ``params`` that require grad (fresh leaves for autograd)."""
+    return {name: p.detach().requires_grad_(True) for name, p in params.items()}
+
+
+def flat_grad(fn: ScalarFn, params: Params, *, create_graph: bool = False) -> tuple[Tensor, Tensor]:
+    """``(fn(params), flat gradient of fn)`` at ``params`` (differentiated at fresh leaves)."""
+    theta = leaf_params(params)
+    value = fn(theta)
+    grads = torch.autograd.grad(value, list(theta.values()), create_graph=create_graph)
+    return value, torch.cat([g.reshape(-1) for g in grads])
+
+
+def _cg(hvp: HVP, b: Tensor, iters: int, residual_tol: float) -> tuple[Tensor, Tensor]:
+    """Conjugate gradient for ``H x = b`` from ``x = 0``; returns ``(x, r)`` with the tracked
+    residual ``r = b - H x`` (so ``H x = b - r`` comes for free)."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rdotr = r @ r
+    for _ in range(iters):
+        if float(rdotr) < residual_tol:
+            break
+        z = hvp(p)
+        alpha = rdotr / (p @ z)
+        x = x + alpha * p
+        r = r - alpha * z
+        new_rdotr = r @ r
+        p = r + (new_rdotr / rdotr) * p
+        rdotr = new_rdotr
+    return x, r
+
+
+def conjugate_gradient(
+    hvp: HVP, b: Tensor, *, iters: int = 10, residual_tol: float = 1e-10
+) -> Tensor:
+    """Approximately solve ``H x = b`` for symmetric positive-definite ``H`` given only
+    ``v -> H v``, with at most ``iters`` products; stops once ``|r|**2 < residual_tol``."""
+    return _cg(hvp, b, iters, residual_tol)[0]
+
+
+def hvp_finite_difference(
+    grad_fn: Callable[[Params], Tensor],
+    params: Params,
+    v: Tensor,
+    *,
+    base_eps: float = 1e-5,
+    damping: float = 0.0,
+) -> Tensor:
+    """``(g(theta + eps v) - g(theta - eps v)) / (2 eps) + damping v`` with
+    ``eps = base_eps / (|theta| + 1e-8)`` (rllab's symmetric ``FiniteDifferenceHvp``).
+
+    ``grad_fn`` maps weights to the flat gradient of the constraint (e.g. the meta-KL, which
+    re-adapts from the same episodes at each perturbed ``theta``).
+    """
+    with torch.no_grad():
+        theta = flatten_params(params)
+        eps = base_eps / (float(theta.norm()) + 1e-8)
+        plus = unflatten_params(theta + eps * v, params)
+        minus = unflatten_params(theta - eps * v, params)
+    return (grad_fn(plus) - grad_fn(minus)) / (2.0 * eps) + damping * v
+
+
+def exact_hvp_closure(kl_fn: ScalarFn, params: Params, *, damping: float = 0.0) -> HVP:
+    """``v -> H v + damping v`` by double backprop: the KL gradient (and its graph, through the
+    second-order adaptation) is built once; each product is one backward of ``g(theta) . v``."""
+    theta = leaf_params(params)
+    kl = kl_fn(theta)
+    leaves = list(theta.values())
+    grads = torch.autograd.grad(kl, leaves, create_graph=True)
+    g = torch.cat([x.reshape(-1) for x in grads])
+
+    def hvp(v: Tensor) -> Tensor:
+        hv = torch.autograd.grad(g, leaves, grad_outputs=v, retain_graph=True)
+        return torch.cat([x.reshape(-1) for x in hv]).detach() + damping * v
+
+    return hvp
+
+
+def hvp_exact(kl_fn: ScalarFn, params: Params, v: Tensor, *, damping: float = 0.0) -> Tensor:
+    """One exact Hessian-vector product ``H v + damping v`` of ``kl_fn`` at ``params``."""
+    return exact_hvp_closure(kl_fn, params, damping=damping)(v)
+
+
+def make_hvp(
+    kl_fn: ScalarFn, params: Params, *, method: HVPMethod, base_eps: float, damping: float
+) -> HVP:
+    """The ``v -> (H + damping I) v`` closure of the chosen ``method`` at ``params``."""
+    if method == "exact":
+        return exact_hvp_closure(kl_fn, params, damping=damping)
+    if method == "finite_difference":
+        frozen = {name: p.detach() for name, p in params.items()}
+
+        def grad_fn(p: Params) -> Tensor:
+            return flat_grad(kl_fn, p)[1].detach()
+
+        return lambda v: hvp_finite_difference(
+            grad_fn, frozen, v, base_eps=base_eps, damping=damping
+        )
+    raise ValueError(f"trpo: hvp must be 'finite_difference' or 'exact', got {method!r}")
+
+
+@dataclass(frozen=True)
+class TRPOStats:
+    """What one :func:`trpo_step` did (plain numbers, for the trainer to log).
+
+    Attributes:
+        loss_before: loss at the old weights.
+        loss_after: loss at the returned weights (``loss_before`` if the step was rejected).
+        kl_after: KL(old || returned) (0.0 if rejected).
+        step_accepted: whether the line search accepted a step; if not, the weights are unchanged.
+        backtracks: shrinks tried before acceptance (``max_backtracks`` if rejected).
+        step_fraction: accepted fraction of the full trust-region step (0.0 if rejected).
+        grad_norm: norm of the loss gradient.
+        step_norm: norm of the applied step (0.0 if rejected).
+        initial_step_size: ``beta = sqrt(2 max_kl / x^T H x)`` (0.0 if undefined).
+        cg_residual: norm of the final conjugate-gradient residual ``g - H x``.
+        tried_loss: loss of the last candidate the line search evaluated (nan if none).
+        tried_kl: KL of the last candidate the line search evaluated (nan if none).
+    """
+
+    loss_before: float
+    loss_after: float
+    kl_after: float
+    step_accepted: bool
+    backtracks: int
+    step_fraction: float
+    grad_norm: float
+    step_norm: float
+    initial_step_size: float
+    cg_residual: float
+    tried_loss: float
+    tried_kl: float
+
+    def as_dict(self) -> dict[str, float]:
+        """The stats as a flat ``{name: float}`` dict."""
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class LineSearchResult:
+    """Outcome of :func:`backtracking_line_search`."""
+
+    params: Params
+    accepted: bool
+    backtracks: int
+    fraction: float
+    loss: float
+    kl: float
+
+
+def backtracking_line_search(
+    params: Params,
+    full_step: Tensor,
+    loss_kl_fn: LossKLFn,
+    *,
+    loss_before: float,
+    max_kl: float,
+    backtrack_ratio: float = 0.8,
+    max_backtracks: int = 15,
+) -> LineSearchResult:
+    """Try ``theta - ratio**n * full_step`` for ``n = 0 .. max_backtracks - 1`` (under no_grad)
+    and accept the first with a finite loss ``< loss_before`` and ``KL <= max_kl``; if none
+    qualifies, return the old ``params`` unchanged with ``accepted=False``."""
+    theta = flatten_params(params).detach()
+    loss, kl = math.nan, math.nan
+    for n in range(max_backtracks):
+        fraction = backtrack_ratio**n
+        candidate = unflatten_params(theta - fraction * full_step, params)
+        with torch.no_grad():
+            loss_t, kl_t = loss_kl_fn(candidate)
+        loss, kl = float(loss_t), float(kl_t)
+        if math.isfinite(loss) and math.isfinite(kl) and loss < loss_before and kl <= max_kl:
+            return LineSearchResult(candidate, True, n, fraction, loss, kl)
+    return LineSearchResult(params, False, max_backtracks, 0.0, loss, kl)
+
+
+def trpo_step(
+    params: Params,
+    loss_fn: ScalarFn,
+    kl_fn: ScalarFn,
+    *,
+    max_kl: float = 0.01,
+    damping: float = 1e-5,
+    cg_iters: int = 10,
+    hvp: HVPMethod = "finite_difference",
+    fd_base_eps: float = 1e-5,
+    backtrack_ratio: float = 0.8,
+    max_backtracks: int = 15,
+    loss_kl_fn: LossKLFn | None = None,
+) -> tuple[Params, TRPOStats]:
+    """One TRPO update of ``params`` minimising ``loss_fn`` subject to ``kl_fn <= max_kl``.
+
+    ``kl_fn(theta)`` must be ``KL(pi_old || pi_theta)`` with ``pi_old`` fixed at ``params``.
+    ``loss_kl_fn``, if given, returns ``(loss, kl)`` together (sharing work) for the line
+    search; by default it calls ``loss_fn`` and ``kl_fn``. Returns new weights (detached,
+    or the old dict itself if the step was rejected) and :class:`TRPOStats`.
+    """
+    _check_trpo_args(max_kl, damping, cg_iters, backtrack_ratio, max_backtracks)
+    loss, g = flat_grad(loss_fn, params)
+    pre = _Direction(float(loss.detach()), float(g.norm()), 0.0, 0.0, math.nan)
+    if not (math.isfinite(pre.loss_before) and math.isfinite(pre.grad_norm)) or pre.grad_norm == 0:
+        return params, _stats(pre, None)
+    hvp_fn = make_hvp(kl_fn, params, method=hvp, base_eps=fd_base_eps, damping=damping)
+    x, r = _cg(hvp_fn, g.detach(), cg_iters, 1e-10)
+    quad = float(x @ (g - r))  # x^T H x, with H x = g - r tracked by CG
+    beta = math.sqrt(2.0 * max_kl / (quad + 1e-8)) if math.isfinite(quad) and quad > 0 else 0.0
+    found = _Direction(pre.loss_before, pre.grad_norm, beta, float(x.norm()), float(r.norm()))
+    if beta == 0.0:
+        return params, _stats(found, None)
+    both = loss_kl_fn or (lambda p: (loss_fn(p), kl_fn(p)))
+    ls = backtracking_line_search(
+        params, beta * x, both, loss_before=pre.loss_before, max_kl=max_kl,
+        backtrack_ratio=backtrack_ratio, max_backtracks=max_backtracks,
+    )  # fmt: skip
+    if not ls.accepted:
+        return params, _stats(found, ls)
+    return {k: v.detach() for k, v in ls.params.items()}, _stats(found, ls)
+
+
+@dataclass(frozen=True)
+class _Direction:
+    """What :func:`trpo_step` knows before the line search."""
+
+    loss_before: float
+    grad_norm: float
+    beta: float
+    x_norm: float
+    cg_residual: float
+
+
+def _stats(d: _Direction, ls: LineSearchResult | None) -> TRPOStats:
+    """:class:`TRPOStats` from the search direction and the line search (None: not run)."""
+    accepted = ls is not None and ls.accepted
+    return TRPOStats(
+        loss_before=d.loss_before,
+        loss_after=ls.loss if ls is not None and accepted else d.loss_before,
+        kl_after=ls.kl if ls is not None and accepted else 0.0,
+        step_accepted=accepted,
+        backtracks=ls.backtracks if ls is not None else 0,
+        step_fraction=ls.fraction if ls is not None else 0.0,
+        grad_norm=d.grad_norm,
+        step_norm=ls.fraction * d.beta * d.x_norm if ls is not None else 0.0,
+        initial_step_size=d.beta,
+        cg_residual=d.cg_residual,
+        tried_loss=ls.loss if ls is not None else math.nan,
+        tried_kl=ls.kl if ls is not None else math.nan,
+    )
+
+
+def _check_trpo_args(
+    max_kl: float, damping: float, cg_iters: int, backtrack_ratio: float, max_backtracks: int
+) -> None:
+    """Clear errors for out-of-range TRPO settings."""
+    if not max_kl > 0.0:
+        raise ValueError(f"trpo: max_kl must be > 0, got {max_kl}")
+    if damping < 0.0:
+        raise ValueError(f"trpo: damping must be >= 0, got {damping}")
+    if cg_iters < 1:
+        raise ValueError(f"trpo: cg_iters must be >= 1, got {cg_iters}")
+    if not 0.0 < backtrack_ratio < 1.0:
+        raise ValueError(f"trpo: backtrack_ratio must lie in (0, 1), got {backtrack_ratio}")
+    if max_backtracks < 1:
+        raise ValueError(f"trpo: max_backtracks must be >= 1, got {max_backtracks}")

@@ -1,0 +1,331 @@
+"""MAML-RL objectives: VPG loss, vmap vs loop, meta-gradients vs finite differences,
+first-order flag, HVPs of the meta-KL, and a full meta TRPO step.
+
+The data is a small synthetic 2D point-mass navigation meta-batch sampled from the policy with
+a fixed generator: train episodes with theta, valid episodes with the adapted theta_i.
+"""
+
+import pytest
+import torch
+from torch import Tensor
+
+from metarl.episodes import EpisodeBatch
+from metarl.maml_rl import (
+    InnerLoop,
+    MetaBatch,
+    TRPOSettings,
+    adapt_policy,
+    adapt_tasks,
+    adapted_stats,
+    compute_advantages,
+    meta_kl,
+    meta_surrogate,
+    meta_surrogate_and_kl,
+    meta_trpo_step,
+    normalize_advantages,
+    surrogate_loss,
+    vpg_loss,
+)
+from metarl.policies import GaussianMLPPolicy, MLPPolicy, Params
+from metarl.trpo import (
+    flat_grad,
+    flatten_params,
+    hvp_exact,
+    hvp_finite_difference,
+    unflatten_params,
+)
+
+D = torch.float64
+
+
+def rollout(
+    policy: MLPPolicy,
+    params: Params,
+    goals: Tensor,
+    per_task: int,
+    horizon: int,
+    gen: torch.Generator,
+    *,
+    task_params: bool = False,
+    lengths: Tensor | None = None,
+) -> EpisodeBatch:
+    """Point-mass episodes: obs = position, position += clip(action, +-0.1), reward = -|pos - goal|.
+    ``lengths`` cut episodes short (those count as terminated); the others are truncated at T."""
+    k, n = goals.shape[0], goals.shape[0] * per_task
+    pos = torch.zeros(n, 2, dtype=goals.dtype)
+    goal = goals.repeat_interleave(per_task, dim=0)
+    obs, acts, rews, lps = [], [], [], []
+    for _ in range(horizon):
+        if task_params:
+            a, lp = policy.sample_per_task(params, pos.view(k, per_task, 2), gen)
+            a, lp = a.reshape(n, 2), lp.reshape(n)
+        else:
+            a, lp = policy.sample(params, pos, gen)
+        obs.append(pos)
+        pos = pos + a.clamp(-0.1, 0.1)
+        rews.append(-(pos - goal).norm(dim=-1))
+        acts.append(a)
+        lps.append(lp)
+    lengths = torch.full((n,), horizon) if lengths is None else lengths
+    mask = (torch.arange(horizon).unsqueeze(1) < lengths).to(goals.dtype)
+    all_obs = torch.stack([*obs, pos])
+    return EpisodeBatch(
+        observations=all_obs[:-1] * mask.unsqueeze(-1),
+        actions=torch.stack(acts) * mask.unsqueeze(-1),
+        rewards=torch.stack(rews) * mask,
+        mask=mask,
+        lengths=lengths,
+        terminated=lengths < horizon,
+        truncated=lengths == horizon,
+        last_observations=all_obs[lengths, torch.arange(n)],
+        log_probs=torch.stack(lps) * mask,
+        num_tasks=k,
+        episodes_per_task=per_task,
+    )
+
+
+def small_policy() -> GaussianMLPPolicy:
+    return GaussianMLPPolicy(
+        obs_dim=2, act_dim=2, hidden_sizes=(8, 8), activation="tanh", init_log_std=-0.5
+    )
+
+
+def make_meta_batch(
+    policy: MLPPolicy, theta: Params, inner: InnerLoop, seed: int = 0, num_tasks: int = 3
+) -> MetaBatch:
+    gen = torch.Generator().manual_seed(seed)
+    dtype = theta["log_std"].dtype
+    goals = torch.rand(num_tasks, 2, generator=gen, dtype=dtype) - 0.5
+    lengths = torch.randint(4, 11, (num_tasks * 4,), generator=gen)
+    train = rollout(policy, theta, goals, 4, 10, gen, lengths=lengths)
+    train_adv = compute_advantages(train, gamma=0.99)
+    adapted = adapt_tasks(policy, theta, train, train_adv, inner)
+    valid = rollout(policy, adapted, goals, 4, 10, gen, task_params=True, lengths=lengths.flip(0))
+    return MetaBatch(train, train_adv, valid, compute_advantages(valid, gamma=0.99), inner)
+
+
+def perturbed(params: Params, seed: int, scale: float = 0.05) -> Params:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        k: v + scale * torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in params.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def setup64() -> tuple[GaussianMLPPolicy, Params, MetaBatch]:
+    pol = small_policy()
+    theta = pol.init_params(torch.Generator().manual_seed(0), dtype=D)
+    return pol, theta, make_meta_batch(pol, theta, InnerLoop())
+
+
+def with_inner(batch: MetaBatch, inner: InnerLoop) -> MetaBatch:
+    return MetaBatch(
+        batch.train, batch.train_advantages, batch.valid, batch.valid_advantages, inner
+    )
+
+
+# ---------------------------------------------------------------- losses and advantages
+
+
+def test_vpg_and_surrogate_losses_by_loop(
+    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch],
+) -> None:
+    pol, theta, batch = setup64
+    ep, adv = batch.valid.task(1), batch.valid_advantages[:, 4:8]
+    p = perturbed(theta, 1)
+    total_pg, total_sur, count = 0.0, 0.0, 0
+    for n in range(4):
+        for t in range(int(ep.lengths[n])):
+            lp = pol.log_prob(p, ep.observations[t, n], ep.actions[t, n])
+            total_pg += float(lp * adv[t, n])
+            total_sur += float(torch.exp(lp - ep.log_probs[t, n]) * adv[t, n])
+            count += 1
+    assert float(vpg_loss(pol, p, ep, adv)) == pytest.approx(-total_pg / count, rel=1e-12)
+    assert float(surrogate_loss(pol, p, ep, adv)) == pytest.approx(-total_sur / count, rel=1e-12)
+    # at the sampling weights the importance ratio is 1 on the valid episodes
+    adapted = adapt_tasks(pol, theta, batch.train, batch.train_advantages, batch.inner)
+    a1 = {k: v[1] for k, v in adapted.items()}
+    ratio_one = -(adv * ep.mask).sum() / ep.mask.sum()
+    torch.testing.assert_close(surrogate_loss(pol, a1, ep, adv), ratio_one)
+
+
+def test_normalize_advantages_per_task_on_masked_steps() -> None:
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([5, 2, 3, 1, 4, 5])
+    mask = (torch.arange(5).unsqueeze(1) < lengths).to(D)
+    adv = (
+        torch.randn(5, 6, generator=gen, dtype=D) * 3 + torch.tensor([0.0, 0, 0, 9, 9, 9], dtype=D)
+    ) * mask
+    out = normalize_advantages(adv, mask, num_tasks=2)
+    for cols in (slice(0, 3), slice(3, 6)):
+        vals = out[:, cols][mask[:, cols] > 0]
+        assert float(vals.mean()) == pytest.approx(0.0, abs=1e-12)
+        assert float(vals.std(unbiased=False)) == pytest.approx(1.0, rel=1e-6)
+    assert bool((out[mask == 0] == 0).all())
+
+
+# ---------------------------------------------------------------- vmap against a loop over tasks
+
+
+def loop_objectives(
+    pol: MLPPolicy, params: Params, batch: MetaBatch, old: dict[str, Tensor]
+) -> tuple[Tensor, Tensor]:
+    e = batch.train.episodes_per_task
+    losses, kls = [], []
+    for i in range(batch.num_tasks):
+        cols = slice(i * e, (i + 1) * e)
+        inner = batch.inner
+        adapted = adapt_policy(
+            pol, params, batch.train.task(i), batch.train_advantages[:, cols],
+            steps=inner.steps, lr=inner.lr, first_order=inner.first_order,
+        )  # fmt: skip
+        valid = batch.valid.task(i)
+        losses.append(surrogate_loss(pol, adapted, valid, batch.valid_advantages[:, cols]))
+        kl = pol.kl({k: v[i] for k, v in old.items()}, adapted, valid.observations)
+        kls.append((kl * valid.mask).sum() / valid.mask.sum())
+    return torch.stack(losses).mean(), torch.stack(kls).mean()
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_vmapped_objectives_equal_loop_over_tasks(
+    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch], steps: int
+) -> None:
+    pol, theta, batch = setup64
+    batch = with_inner(batch, InnerLoop(steps=steps, lr=0.1))
+    old = adapted_stats(pol, theta, batch)
+    p = perturbed(theta, 2)
+    loss_loop, kl_loop = loop_objectives(pol, p, batch, old)
+    torch.testing.assert_close(meta_surrogate(pol, p, batch), loss_loop)
+    torch.testing.assert_close(meta_kl(pol, p, batch, old), kl_loop)
+    both = meta_surrogate_and_kl(pol, p, batch, old)
+    torch.testing.assert_close(both[0], loss_loop)
+    torch.testing.assert_close(both[1], kl_loop)
+    assert float(kl_loop) > 1e-4  # not trivially zero
+    # and the meta-gradient through vmap equals the loop's
+    g_vmap = flat_grad(lambda q: meta_surrogate(pol, q, batch), p)[1]
+    g_loop = flat_grad(lambda q: loop_objectives(pol, q, batch, old)[0], p)[1]
+    torch.testing.assert_close(g_vmap, g_loop)
+
+
+def test_meta_kl_zero_at_sampling_params(
+    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch],
+) -> None:
+    pol, theta, batch = setup64
+    old = adapted_stats(pol, theta, batch)
+    assert abs(float(meta_kl(pol, theta, batch, old))) < 1e-14
+    assert float(meta_kl(pol, perturbed(theta, 3), batch, old)) > 1e-4
+
+
+# ---------------------------------------------------------------- meta-gradients
+
+
+def central_fd_grad(fn: object, params: Params, h: float = 1e-6) -> Tensor:
+    flat = flatten_params(params)
+    out = torch.zeros_like(flat)
+    with torch.no_grad():
+        for j in range(flat.numel()):
+            e = torch.zeros_like(flat)
+            e[j] = h
+            plus = fn(unflatten_params(flat + e, params))  # type: ignore[operator]
+            minus = fn(unflatten_params(flat - e, params))  # type: ignore[operator]
+            out[j] = (plus - minus) / (2 * h)
+    return out
+
+
+def test_second_order_meta_gradient_matches_finite_differences(
+    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch],
+) -> None:
+    pol, theta, batch = setup64
+    p = perturbed(theta, 4)
+    grad = flat_grad(lambda q: meta_surrogate(pol, q, batch), p)[1]
+    fd = central_fd_grad(lambda q: meta_surrogate(pol, q, batch), p)
+    assert float((grad - fd).norm() / fd.norm()) < 1e-6
+
+
+def test_first_order_flag(setup64: tuple[GaussianMLPPolicy, Params, MetaBatch]) -> None:
+    pol, theta, batch = setup64
+    p = perturbed(theta, 5)
+    second = flat_grad(lambda q: meta_surrogate(pol, q, batch), p)[1]
+    fo_batch = with_inner(batch, InnerLoop(first_order=True))
+    first = flat_grad(lambda q: meta_surrogate(pol, q, fo_batch), p)[1]
+    # hand-built FOMAML: grad of the valid surrogate w.r.t. theta_i at theta_i, summed over tasks
+    adapted = adapt_tasks(pol, p, batch.train, batch.train_advantages, batch.inner)
+    e, k = batch.valid.episodes_per_task, batch.num_tasks
+    manual = torch.zeros_like(first)
+    for i in range(k):
+        a_i = {name: v[i] for name, v in adapted.items()}
+        adv = batch.valid_advantages[:, i * e : (i + 1) * e]
+        manual += flat_grad(lambda q: surrogate_loss(pol, q, batch.valid.task(i), adv), a_i)[1] / k  # noqa: B023
+    torch.testing.assert_close(first, manual)
+    assert float((second - first).norm() / second.norm()) > 0.05
+    # the second-order one is the true gradient: finite differences side with it
+    fd = central_fd_grad(lambda q: meta_surrogate(pol, q, batch), p)
+    assert float((first - fd).norm() / fd.norm()) > 0.05
+
+
+# ---------------------------------------------- Hessian-vector products of the meta-KL
+
+
+def meta_kl_hvps(
+    pol: MLPPolicy, theta: Params, at: Params, batch: MetaBatch, v: Tensor
+) -> tuple[Tensor, Tensor]:
+    old = adapted_stats(pol, theta, batch)
+
+    def kl_fn(q: Params) -> Tensor:
+        return meta_kl(pol, q, batch, old)
+
+    fd = hvp_finite_difference(lambda q: flat_grad(kl_fn, q)[1], at, v, base_eps=1e-5, damping=1e-3)
+    return fd, hvp_exact(kl_fn, at, v, damping=1e-3)
+
+
+def test_fd_hvp_matches_exact_on_meta_kl_float64(
+    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch],
+) -> None:
+    pol, theta, batch = setup64
+    v = torch.randn(
+        flatten_params(theta).numel(), generator=torch.Generator().manual_seed(7), dtype=D
+    )
+    for at in (theta, perturbed(theta, 6)):
+        fd, exact = meta_kl_hvps(pol, theta, at, batch, v)
+        assert float((fd - exact).norm() / exact.norm()) < 1e-6
+        assert float((exact - 1e-3 * v).norm()) > 1e-2  # the Hessian part is not negligible
+
+
+def test_fd_hvp_matches_exact_on_meta_kl_float32() -> None:
+    pol = small_policy()
+    theta = pol.init_params(torch.Generator().manual_seed(0))
+    batch = make_meta_batch(pol, theta, InnerLoop(), seed=1)
+    # the vector CG multiplies first: the meta-gradient (its scale matters for float32 FD)
+    v = flat_grad(lambda q: meta_surrogate(pol, q, batch), theta)[1]
+    for at in (theta, perturbed(theta, 6)):
+        fd, exact = meta_kl_hvps(pol, theta, at, batch, v)
+        assert float(torch.nn.functional.cosine_similarity(fd, exact, dim=0)) > 0.999
+
+
+# ---------------------------------------------------------------- one outer step
+
+
+@pytest.mark.parametrize("hvp", ["finite_difference", "exact"])
+def test_meta_trpo_step_decreases_surrogate_within_max_kl(
+    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch], hvp: str
+) -> None:
+    pol, theta, batch = setup64
+    new, stats = meta_trpo_step(pol, theta, batch, TRPOSettings(max_kl=0.01, hvp=hvp))  # type: ignore[arg-type]
+    assert stats.step_accepted
+    old = adapted_stats(pol, theta, batch)
+    with torch.no_grad():
+        before, after = meta_surrogate(pol, theta, batch), meta_surrogate(pol, new, batch)
+        kl = meta_kl(pol, new, batch, old)
+    assert float(after) < float(before) - 1e-4
+    assert 0.0 < float(kl) <= 0.01
+    assert stats.kl_after == pytest.approx(float(kl)) and stats.loss_after == pytest.approx(
+        float(after)
+    )
+
+
+def test_meta_batch_validation(setup64: tuple[GaussianMLPPolicy, Params, MetaBatch]) -> None:
+    _, _, batch = setup64
+    with pytest.raises(ValueError, match="valid_advantages must have shape"):
+        MetaBatch(batch.train, batch.train_advantages, batch.valid, batch.valid_advantages[:, :3])
+    with pytest.raises(ValueError, match="steps"):
+        InnerLoop(steps=0)

@@ -1,0 +1,185 @@
+"""The sampler: episodes equal single-env replays, masks and ends are right, backends agree."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from metarl.policies import GaussianMLPPolicy
+from metarl.sampler import Sampler, make_env, resolve_env_id
+
+
+@dataclass(frozen=True)
+class Threshold:
+    value: float
+
+
+class ReachEnv(gym.Env[np.ndarray, np.ndarray]):
+    """x starts at 0 and moves by the action; the episode ends once x >= task.value."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+
+    def __init__(self) -> None:
+        self._task = Threshold(1.0)
+        self.x = 0.0
+
+    def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> list[Threshold]:
+        return [Threshold(float(v)) for v in rng.uniform(0.5, 2.0, num_tasks)]
+
+    def set_task(self, task: Threshold) -> None:
+        self._task = task
+
+    @property
+    def task(self) -> Threshold:
+        return self._task
+
+    @task.setter
+    def task(self, task: Threshold) -> None:
+        self.set_task(task)
+
+    def reset(self, *, seed: int | None = None, options: Any = None):
+        super().reset(seed=seed)
+        self.x = float(self.np_random.uniform(-0.01, 0.01))
+        return np.array([self.x], np.float32), {}
+
+    def step(self, action: np.ndarray):
+        self.x += float(action[0])
+        done = self.x >= self._task.value
+        return np.array([self.x], np.float32), self.x, done, False, {}
+
+
+gym.register("metarl_test/Reach-v0", entry_point=ReachEnv, max_episode_steps=6)
+
+
+def _policy(obs_dim: int, act_dim: int, seed: int = 0) -> tuple[GaussianMLPPolicy, dict]:
+    policy = GaussianMLPPolicy(
+        obs_dim=obs_dim, act_dim=act_dim, hidden_sizes=(16,), init_log_std=-0.5
+    )
+    return policy, policy.init_params(torch.Generator().manual_seed(seed))
+
+
+def test_navigation_episodes_equal_single_env_replays() -> None:
+    policy, params = _policy(2, 2)
+    rng = np.random.default_rng(0)
+    with Sampler(
+        env_id="metarl/Navigation2D-v0", num_tasks=3, episodes_per_task=4, horizon=100
+    ) as sampler:
+        tasks = make_env("metarl/Navigation2D-v0").unwrapped.sample_tasks(3, rng)
+        batch = sampler.sample(
+            policy, params, tasks, generator=torch.Generator().manual_seed(1), seed=5
+        )
+    assert batch.observations.shape == (100, 12, 2) and batch.num_tasks == 3
+    assert bool(batch.truncated.all()) and not bool(batch.terminated.any())
+    for n in range(12):
+        env = make_env("metarl/Navigation2D-v0")
+        env.unwrapped.set_task(tasks[n // 4])
+        obs, _ = env.reset()
+        for t in range(int(batch.lengths[n])):
+            np.testing.assert_array_equal(batch.observations[t, n].numpy(), obs)
+            obs, rew, *_ = env.step(batch.actions[t, n].numpy())
+            assert batch.rewards[t, n].item() == pytest.approx(rew, abs=1e-6)
+        np.testing.assert_array_equal(batch.last_observations[n].numpy(), obs)
+    recomputed = policy.log_prob(params, batch.observations, batch.actions)
+    torch.testing.assert_close(recomputed, batch.log_probs, rtol=1e-5, atol=1e-5)
+
+
+def test_same_seeds_give_identical_batches() -> None:
+    policy, params = _policy(2, 2)
+    with Sampler(
+        env_id="metarl/Navigation2D-v0", num_tasks=2, episodes_per_task=3, horizon=50
+    ) as sampler:
+        tasks = sampler.envs.sample_tasks(2, np.random.default_rng(0))  # type: ignore[attr-defined]
+        a, b, c = (
+            sampler.sample(
+                policy, params, tasks, seed=s, generator=torch.Generator().manual_seed(g)
+            )
+            for s, g in ((1, 2), (1, 2), (1, 3))
+        )
+    assert torch.equal(a.actions, b.actions) and torch.equal(a.rewards, b.rewards)
+    assert not torch.equal(a.actions, c.actions)
+
+
+def test_terminated_truncated_and_masks_without_lost_or_duplicated_steps() -> None:
+    policy, params = _policy(1, 1)
+    params = {k: torch.zeros_like(v) for k, v in params.items()}
+    params["mlp.2.bias"] = torch.tensor([0.3])  # mean action 0.3 with a small spread:
+    params["log_std"] = torch.tensor([-4.0])  # x grows steadily
+    tasks = [Threshold(0.5), Threshold(5.0)]  # ends in ~2 steps vs never (time limit 6)
+    with Sampler(
+        env_id="metarl_test/Reach-v0", num_tasks=2, episodes_per_task=3, horizon=10
+    ) as sampler:
+        batch = sampler.sample(
+            policy, params, tasks, seed=0, generator=torch.Generator().manual_seed(0)
+        )
+    first, second = slice(0, 3), slice(3, 6)
+    assert bool(batch.terminated[first].all()) and not bool(batch.truncated[first].any())
+    assert bool(batch.truncated[second].all()) and not bool(batch.terminated[second].any())
+    assert (batch.lengths[second] == 6).all() and batch.horizon == 6
+    for n in range(6):
+        length = int(batch.lengths[n])
+        assert batch.mask[:length, n].eq(1).all() and batch.mask[length:, n].eq(0).all()
+        assert batch.rewards[length:, n].eq(0).all()
+        # rewards are x after each move: consecutive observations differ by the action taken
+        obs = torch.cat([batch.observations[:length, n, 0], batch.last_observations[n]])
+        torch.testing.assert_close(obs[1:], batch.rewards[:length, n])
+        torch.testing.assert_close(obs[1:] - obs[:-1], batch.actions[:length, n, 0])
+        if n < 3:
+            assert length == 2 and batch.last_observations[n, 0] >= 0.5 and obs[-2] < 0.5
+
+
+def test_per_task_params_act_with_their_own_weights() -> None:
+    policy, params = _policy(2, 2)
+    other = {k: v + 0.5 for k, v in params.items()}
+    stacked = {k: torch.stack([params[k], other[k]]) for k in params}
+    with Sampler(
+        env_id="metarl/Navigation2D-v0", num_tasks=2, episodes_per_task=2, horizon=20
+    ) as sampler:
+        tasks = sampler.envs.sample_tasks(2, np.random.default_rng(0))  # type: ignore[attr-defined]
+        batch = sampler.sample(
+            policy,
+            stacked,
+            tasks,
+            seed=0,
+            per_task_params=True,
+            generator=torch.Generator().manual_seed(0),
+        )
+    for k, weights in enumerate((params, other)):
+        sl = slice(2 * k, 2 * k + 2)
+        lp = policy.log_prob(weights, batch.observations[:, sl], batch.actions[:, sl])
+        torch.testing.assert_close(lp, batch.log_probs[:, sl], rtol=1e-5, atol=1e-5)
+
+
+def test_process_backend_equals_local_backend_on_mujoco() -> None:
+    policy, params = _policy(17, 6)
+    tasks = make_env("metarl/HalfCheetahVel-v0").unwrapped.sample_tasks(2, np.random.default_rng(0))
+    batches = []
+    for backend in ("local", "processes"):
+        with Sampler(
+            env_id="metarl/HalfCheetahVel-v0",
+            num_tasks=2,
+            episodes_per_task=2,
+            horizon=15,
+            backend=backend,
+            num_workers=2,
+        ) as sampler:
+            batches.append(
+                sampler.sample(
+                    policy, params, tasks, seed=3, generator=torch.Generator().manual_seed(0)
+                )
+            )
+    local, procs = batches
+    assert torch.equal(local.observations, procs.observations)
+    assert torch.equal(local.rewards, procs.rewards)
+    assert not torch.equal(local.observations[0, 0], local.observations[0, 1])  # seeded resets
+
+
+def test_unknown_env_ids_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="unknown env id 'metarl/Nope-v0'; registered task envs"):
+        resolve_env_id("metarl/Nope-v0")
+    with pytest.raises(ValueError, match="cannot import module 'no_such_module'"):
+        resolve_env_id("no_such_module:Thing-v0")
+    assert resolve_env_id("envs:metarl/Navigation2D-v0") == "metarl/Navigation2D-v0"

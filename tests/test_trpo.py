@@ -1,0 +1,201 @@
+"""TRPO pieces: conjugate gradient, Hessian-vector products, line search, a full step."""
+
+import pytest
+import torch
+from torch import Tensor
+
+from metarl.policies import GaussianMLPPolicy, Params
+from metarl.trpo import (
+    backtracking_line_search,
+    conjugate_gradient,
+    flatten_params,
+    hvp_exact,
+    hvp_finite_difference,
+    trpo_step,
+    unflatten_params,
+)
+
+D = torch.float64
+
+
+def test_conjugate_gradient_matches_linalg_solve() -> None:
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(10, 10, generator=gen, dtype=D)
+    spd = a @ a.T + 0.5 * torch.eye(10, dtype=D)
+    b = torch.randn(10, generator=gen, dtype=D)
+    x = conjugate_gradient(lambda v: spd @ v, b, iters=10)
+    expected = torch.linalg.solve(spd, b)
+    assert (x - expected).norm() / expected.norm() < 1e-6
+    # fewer iterations than the dimension leave a visible error: the test can fail
+    x3 = conjugate_gradient(lambda v: spd @ v, b, iters=3)
+    assert (x3 - expected).norm() / expected.norm() > 1e-3
+
+
+def test_flatten_unflatten_roundtrip() -> None:
+    params = {"a": torch.arange(6.0).view(2, 3), "b": torch.tensor([7.0])}
+    flat = flatten_params(params)
+    assert torch.equal(flat, torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0]))
+    back = unflatten_params(flat, params)
+    assert all(torch.equal(back[k], params[k]) for k in params)
+    with pytest.raises(ValueError, match="entries"):
+        unflatten_params(torch.zeros(9), params)
+
+
+def quartic(p: Params) -> Tensor:
+    """A smooth non-quadratic function of two weight tensors."""
+    w, b = p["w"], p["b"]
+    return (w**4).sum() + (w.sum() * b).pow(2).sum() + torch.sin(b).sum()
+
+
+def test_fd_hvp_matches_exact_on_smooth_function() -> None:
+    gen = torch.Generator().manual_seed(0)
+    params = {
+        "w": torch.randn(3, 2, generator=gen, dtype=D),
+        "b": torch.randn(2, generator=gen, dtype=D),
+    }
+    v = torch.randn(8, generator=gen, dtype=D)
+
+    def grad_fn(p: Params) -> Tensor:
+        leaves = {k: x.detach().requires_grad_() for k, x in p.items()}
+        return flatten_params(
+            dict(
+                zip(
+                    leaves, torch.autograd.grad(quartic(leaves), list(leaves.values())), strict=True
+                )
+            )
+        )
+
+    exact = hvp_exact(quartic, params, v, damping=0.1)
+    fd = hvp_finite_difference(grad_fn, params, v, base_eps=1e-5, damping=0.1)
+    hess = torch.autograd.functional.hessian(
+        lambda f: quartic(unflatten_params(f, params)), flatten_params(params)
+    )
+    torch.testing.assert_close(exact, hess @ v + 0.1 * v)
+    assert (fd - exact).norm() / exact.norm() < 1e-7
+
+
+def quadratic_problem() -> tuple[Params, Tensor, Tensor, Tensor]:
+    """params, linear loss coefficients c, KL metric M (SPD) and the point theta0."""
+    gen = torch.Generator().manual_seed(1)
+    theta0 = torch.randn(5, generator=gen, dtype=D)
+    a = torch.randn(5, 5, generator=gen, dtype=D)
+    metric = a @ a.T + torch.eye(5, dtype=D)
+    c = torch.randn(5, generator=gen, dtype=D)
+    return {"x": theta0.clone()}, c, metric, theta0
+
+
+def test_line_search_accepts_within_max_kl_with_lower_loss() -> None:
+    params, c, metric, theta0 = quadratic_problem()
+
+    def loss_kl(p: Params) -> tuple[Tensor, Tensor]:
+        d = p["x"] - theta0
+        return c @ p["x"], 0.5 * d @ metric @ d
+
+    # a step in the descent direction that is 4x too long for max_kl: backtracking must shrink it
+    direction = torch.linalg.solve(metric, c)
+    step = direction * (2 * 0.01 / (direction @ metric @ direction)).sqrt() * 4.0
+    res = backtracking_line_search(
+        params, step, loss_kl, loss_before=float(c @ theta0), max_kl=0.01
+    )
+    assert res.accepted and res.backtracks > 0
+    loss, kl = loss_kl(res.params)
+    assert float(kl) <= 0.01 and float(loss) < float(c @ theta0)
+    assert res.kl == pytest.approx(float(kl)) and res.fraction == pytest.approx(0.8**res.backtracks)
+
+
+def test_line_search_rejects_rising_loss_and_large_kl() -> None:
+    params, c, metric, theta0 = quadratic_problem()
+    step = torch.linalg.solve(metric, c) * 1e-3
+    rising = backtracking_line_search(
+        params,
+        step,
+        lambda p: (c @ p["x"] + 1.0, torch.zeros((), dtype=D)),
+        loss_before=float(c @ theta0),
+        max_kl=0.01,
+    )
+    large_kl = backtracking_line_search(
+        params,
+        step,
+        lambda p: (c @ p["x"] - 1.0, torch.ones((), dtype=D)),
+        loss_before=float(c @ theta0),
+        max_kl=0.01,
+    )
+    for res in (rising, large_kl):
+        assert not res.accepted and res.params is params and res.backtracks == 15
+        assert torch.equal(res.params["x"], theta0)
+
+
+def test_trpo_step_rejects_adversarial_steps_and_keeps_params() -> None:
+    params, c, metric, theta0 = quadratic_problem()
+
+    def loss_fn(p: Params) -> Tensor:
+        return c @ p["x"]
+
+    def kl_fn(p: Params) -> Tensor:
+        d = p["x"] - theta0
+        return 0.5 * d @ metric @ d
+
+    def loss_rises(p: Params) -> tuple[Tensor, Tensor]:  # the loss goes up along any step
+        return loss_fn(p) + (p["x"] - theta0).norm() * 1e3, kl_fn(p)
+
+    def kl_too_large(p: Params) -> tuple[Tensor, Tensor]:  # the KL is huge for every step
+        return loss_fn(p), kl_fn(p) * 1e8
+
+    for hvp in ("finite_difference", "exact"):
+        for adversary in (loss_rises, kl_too_large):
+            new, stats = trpo_step(params, loss_fn, kl_fn, hvp=hvp, loss_kl_fn=adversary)
+            assert not stats.step_accepted and stats.backtracks == 15
+            assert torch.equal(new["x"], theta0) and stats.loss_after == stats.loss_before
+            assert stats.step_norm == 0.0 and stats.kl_after == 0.0
+
+
+def test_trpo_step_quadratic_kl_accepts_full_step_at_boundary() -> None:
+    params, c, metric, theta0 = quadratic_problem()
+    new, stats = trpo_step(
+        params,
+        lambda p: c @ p["x"],
+        lambda p: 0.5 * (p["x"] - theta0) @ metric @ (p["x"] - theta0),
+        hvp="exact",
+        damping=0.0,
+    )
+    # the KL model is exact: the full step lands on the trust-region boundary, along -M^-1 c
+    assert stats.step_accepted and stats.backtracks == 0
+    assert stats.kl_after == pytest.approx(0.01, rel=1e-6)
+    direction = -torch.linalg.solve(metric, c)
+    cos = torch.nn.functional.cosine_similarity(new["x"] - theta0, direction, dim=0)
+    assert float(cos) > 1 - 1e-9
+
+
+@pytest.mark.parametrize("hvp", ["finite_difference", "exact"])
+def test_trpo_step_on_policy_surrogate_decreases_loss_within_max_kl(hvp: str) -> None:
+    pol = GaussianMLPPolicy(obs_dim=2, act_dim=2, hidden_sizes=(16, 16), activation="tanh")
+    gen = torch.Generator().manual_seed(0)
+    theta = pol.init_params(gen)
+    obs = torch.randn(256, 2, generator=gen)
+    acts, old_lp = pol.sample(theta, obs, gen)
+    adv = -(acts - obs).pow(2).sum(-1)  # prefer actions near the observation
+    adv = (adv - adv.mean()) / adv.std()
+    old = pol.detached_stats(theta, obs)
+
+    def loss_fn(p: Params) -> Tensor:
+        return -(torch.exp(pol.log_prob(p, obs, acts) - old_lp) * adv).mean()
+
+    def kl_fn(p: Params) -> Tensor:
+        return pol.kl(old, p, obs).mean()
+
+    new, stats = trpo_step(theta, loss_fn, kl_fn, max_kl=0.01, hvp=hvp)  # type: ignore[arg-type]
+    assert stats.step_accepted
+    with torch.no_grad():
+        assert float(loss_fn(new)) < float(loss_fn(theta)) - 1e-3
+        kl = float(kl_fn(new))
+    assert 0.0 < kl <= 0.01 and kl == pytest.approx(stats.kl_after)
+    assert stats.loss_after == pytest.approx(float(loss_fn(new).detach()))
+    assert all(not v.requires_grad for v in new.values())
+
+
+def test_trpo_step_bad_settings() -> None:
+    params, c, _, _ = quadratic_problem()
+    with pytest.raises(ValueError, match="max_kl"):
+        trpo_step(params, lambda p: c @ p["x"], lambda p: c @ p["x"], max_kl=0.0)
+    with pytest.raises(ValueError, match="hvp"):
+        trpo_step(params, lambda p: c @ p["x"], lambda p: c @ p["x"], hvp="bogus")  # type: ignore[arg-type]
