@@ -22,7 +22,7 @@ from torch import Tensor
 
 from metarl.episodes import EpisodeBatch
 from metarl.policies import MLPPolicy, Params
-from metarl.vector import ShardedVectorEnv
+from metarl.vector import SerialVectorEnv, ShardedVectorEnv
 
 Backend = Literal["local", "processes"]
 
@@ -73,7 +73,7 @@ def make_vector_env(
     fns = [functools.partial(make_env, env_id, **kwargs) for _ in range(num_envs)]
     if backend == "processes":
         return ShardedVectorEnv(fns, num_workers=num_workers)
-    return gym.vector.SyncVectorEnv(fns)
+    return SerialVectorEnv(fns)
 
 
 @dataclass

@@ -183,3 +183,21 @@ def test_unknown_env_ids_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="cannot import module 'no_such_module'"):
         resolve_env_id("no_such_module:Thing-v0")
     assert resolve_env_id("envs:metarl/Navigation2D-v0") == "metarl/Navigation2D-v0"
+
+
+def test_serial_vector_env_autoresets_on_the_next_step() -> None:
+    from metarl.vector import SerialVectorEnv
+
+    vec = SerialVectorEnv([lambda: gym.make("metarl_test/Reach-v0")] * 2)
+    vec.set_attr("task", [Threshold(0.5), Threshold(5.0)])
+    obs, _ = vec.reset(seed=[1, 2])
+    assert obs.shape == (2, 1)
+    obs, rew, term, trunc, _ = vec.step(np.array([[0.6], [0.6]], np.float32))
+    assert term.tolist() == [True, False] and rew[0] == pytest.approx(obs[0, 0])
+    assert not trunc.any()
+    obs, rew, term, trunc, _ = vec.step(np.array([[0.6], [0.6]], np.float32))
+    # sub-env 0 was reset (action ignored, reward 0); sub-env 1 stepped on
+    assert abs(obs[0, 0]) <= 0.01 and rew[0] == 0.0 and not term[0] and not trunc[0]
+    assert obs[1, 0] == pytest.approx(1.2, abs=0.02)
+    assert vec.get_attr("task") == (Threshold(0.5), Threshold(5.0))
+    vec.close()
