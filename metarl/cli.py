@@ -10,10 +10,17 @@ from pathlib import Path
 
 import torch
 
-from metarl.config import ConfigError, load_config
+from metarl.config import DEFAULT_KIND, ConfigError, load_config, read_yaml
 from metarl.evaluation import plot_curves, plot_learning_curves, read_rows, write_rows
 from metarl.experiments import KINDS, EvalOptions
-from metarl.trainer import PROGRESS, CheckpointError, Trainer, TrainingError, load_checkpoint
+from metarl.trainer import (
+    CONFIG,
+    PROGRESS,
+    CheckpointError,
+    Trainer,
+    TrainingError,
+    load_checkpoint,
+)
 
 log = logging.getLogger("metarl")
 
@@ -48,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-tasks", type=int, help="held-out tasks (default from the config)")
     ev.add_argument("--steps", type=int, help="gradient steps (default from the config)")
     ev.add_argument("--seed", type=int, help="seed of the held-out tasks")
+    ev.add_argument("--episodes", type=int, help="RL: episodes per task and step")
 
     plot = sub.add_parser("plot", help="learning curves from the logs of runs")
     plot.add_argument("run_dirs", nargs="+", type=Path)
@@ -79,7 +87,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 f"--compare {str(path)!r} is a {run.config.kind!r} run; "
                 f"{str(args.run_dir)!r} is a {kind_name!r} run"
             )
-    options = EvalOptions(num_tasks=args.num_tasks, steps=args.steps, seed=args.seed)
+    options = EvalOptions(
+        num_tasks=args.num_tasks, steps=args.steps, seed=args.seed, episodes=args.episodes
+    )
     result = KINDS[kind_name].evaluate(runs, options)
     csv_path, png_path = args.run_dir / "adaptation.csv", args.run_dir / "adaptation.png"
     write_rows(csv_path, result.rows)
@@ -115,13 +125,22 @@ def cmd_plot(args: argparse.Namespace) -> None:
         if not path.is_file():
             raise CheckpointError(f"{str(d)!r} holds no {PROGRESS}; is it a run directory?")
         runs[str(d)] = read_rows(path)
-    available = [k for k in next(iter(runs.values()))[0] if k != "iteration"]
-    keys = [k for k in args.keys.split(",") if k] or available
+    columns = [k for rows in runs.values() for k in (rows[0] if rows else {})]
+    available = [k for k in dict.fromkeys(columns) if k != "iteration"]
+    keys = [k for k in args.keys.split(",") if k] or _default_keys(args.run_dirs[0], available)
     unknown = [k for k in keys if k not in available]
     if unknown:
         raise ConfigError(f"--keys {unknown} not in the logs; available: {', '.join(available)}")
     plot_learning_curves(args.out, runs, keys=keys)
     log.info("wrote %s", args.out)
+
+
+def _default_keys(run_dir: Path, available: list[str]) -> list[str]:
+    """The kind's headline statistics (e.g. pre/post-adaptation return) when the logs have them."""
+    config = run_dir / CONFIG
+    kind = read_yaml(config).get("kind", DEFAULT_KIND) if config.is_file() else None
+    preferred = [k for k in KINDS[kind].progress_keys if k in available] if kind in KINDS else []
+    return preferred or available
 
 
 def main(argv: Sequence[str] | None = None) -> int:

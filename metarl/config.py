@@ -223,8 +223,10 @@ class RLConfig:
 
     kind: Literal["rl"] = "rl"
     """Experiment type."""
-    method: Literal["maml"] = "maml"
-    """``maml``: meta-train the policy with MAML-TRPO."""
+    method: Literal["maml", "pretrained", "random", "oracle"] = "maml"
+    """``maml``: MAML-TRPO. The paper's baselines: ``pretrained`` (TRPO on tasks of the
+    distribution, no adaptation), ``random`` (the initial weights, untrained), ``oracle``
+    (TRPO with the task appended to the observation)."""
     seed: int = bounded(0, ge=0)
     """Seed of every random stream of the run."""
     iterations: int = bounded(100, ge=1)
@@ -487,9 +489,37 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+BASE_KEY = "base"
+"""A config file may name another (relative to itself) whose keys it extends and overrides."""
+
+
+def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a config file, resolving its ``base`` chain (deep merge, this file winning)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"config file {str(path)!r} is its own base (a cycle)")
+    data = read_yaml(path)
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise _bad(BASE_KEY, base, "the path of another config file")
+    return _merge(read_config_file(path.parent / base, (*_seen, path)), data)
+
+
+def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = _deep_copy(base)
+    for key, value in top.items():
+        old = out.get(key)
+        out[key] = (
+            _merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+        )
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Any:
     """Load a config from YAML (or the built-in default when ``path`` is None) plus overrides."""
-    data = read_yaml(path) if path is not None else {}
+    data = read_config_file(path) if path is not None else {}
     return config_from_dict(apply_overrides(data, overrides))
 
 

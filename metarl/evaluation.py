@@ -70,9 +70,11 @@ def plot_curves(
     ylabel: str,
     panel_key: str | None = None,
     title: str = "",
-    hlines: Mapping[str, float] | None = None,
 ) -> None:
-    """Mean with a 95% band vs gradient steps, one line per method (one panel per ``panel_key``)."""
+    """Mean with a 95% band vs gradient steps, one line per method (one panel per ``panel_key``).
+
+    A method with a single row (step 0 only, e.g. the oracle) is drawn as a horizontal line.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,10 +91,12 @@ def plot_curves(
             x = np.array([int(r["step"]) for r in pts])
             y = np.array([float(r[f"mean_{metric}"]) for r in pts])
             ci = np.array([float(r[f"ci95_{metric}"]) for r in pts])
+            if len(pts) == 1:
+                line = ax.axhline(y[0], ls="--", label=method)
+                ax.axhspan(y[0] - ci[0], y[0] + ci[0], alpha=0.15, color=line.get_color())
+                continue
             ax.plot(x, y, marker="o", ms=3, label=method)
             ax.fill_between(x, y - ci, y + ci, alpha=0.25)
-        for label, value in (hlines or {}).items():
-            ax.axhline(value, ls="--", color="gray", label=label)
         ax.set_xlabel("gradient steps")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{title} {panel_key}={panel}".strip() if panel_key else title)

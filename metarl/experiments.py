@@ -1,6 +1,6 @@
 """What each experiment kind plugs into the trainer and the evaluator.
 
-The CLI looks up the config's ``kind`` here; a new kind (RL, Omniglot, ...) adds one entry.
+The CLI looks up the config's ``kind`` here; a new kind (Omniglot, ...) adds one entry.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from metarl.config import with_overrides
+from metarl.config import ConfigError, with_overrides
 from metarl.rngs import Rngs
 from metarl.trainer import Checkpoint, Learner
 
@@ -21,6 +21,7 @@ class EvalOptions:
     num_tasks: int | None = None
     steps: int | None = None
     seed: int | None = None
+    episodes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,17 @@ class ExperimentKind:
     progress_keys: tuple[str, ...]
 
 
+def _eval_config(config: Any, options: EvalOptions, episodes_key: str | None) -> Any:
+    """The run's ``eval`` section with the command line's values, validated like a config."""
+    if options.episodes is not None and episodes_key is None:
+        raise ConfigError(f"--episodes does not apply to {config.kind!r} runs")
+    values = {"num_tasks": options.num_tasks, "max_steps": options.steps, "seed": options.seed}
+    if episodes_key is not None:
+        values[episodes_key] = options.episodes
+    overrides = [f"eval.{k}={v}" for k, v in values.items() if v is not None]
+    return with_overrides(config, overrides).eval
+
+
 def _sinusoid_learner(config: Any, rngs: Rngs) -> Learner:
     from metarl.supervised.sinusoid import SinusoidLearner
 
@@ -52,41 +64,40 @@ def _sinusoid_learner(config: Any, rngs: Rngs) -> Learner:
 def _sinusoid_evaluate(runs: Sequence[Checkpoint], options: EvalOptions) -> EvalResult:
     from metarl.supervised.sinusoid import evaluate_sinusoid
 
-    overrides = [
-        f"eval.{key}={value}"
-        for key, value in (
-            ("num_tasks", options.num_tasks),
-            ("max_steps", options.steps),
-            ("seed", options.seed),
-        )
-        if value is not None
-    ]
-    eval_cfg = with_overrides(runs[0].config, overrides).eval
+    eval_cfg = _eval_config(runs[0].config, options, episodes_key=None)
     rows = evaluate_sinusoid([(r.config, r.learner["params"]) for r in runs], eval_cfg)
     return EvalResult(
         rows=rows, metric="loss", ylabel="query MSE", panel_key="shots", title="sinusoid"
     )
 
 
-def _rl_learner(config: Any, rngs: Rngs) -> Learner:
-    from metarl.rl import MAMLTRPOLearner
+def _check_env_id(config: Any) -> None:
+    """An unknown env id is a config error (named), not a traceback from the sampler."""
+    from metarl.sampler import resolve_env_id
 
-    return MAMLTRPOLearner(config, rngs)
+    try:
+        resolve_env_id(config.env.id)
+    except ValueError as err:
+        raise ConfigError(f"config key 'env.id': {err}") from None
+
+
+def _rl_learner(config: Any, rngs: Rngs) -> Learner:
+    from metarl.rl import make_rl_learner
+
+    _check_env_id(config)
+    return make_rl_learner(config, rngs)
 
 
 def _rl_evaluate(runs: Sequence[Checkpoint], options: EvalOptions) -> EvalResult:
     from metarl.rl import evaluate_rl
 
-    overrides = [
-        f"eval.{key}={value}"
-        for key, value in (
-            ("num_tasks", options.num_tasks),
-            ("max_steps", options.steps),
-            ("seed", options.seed),
-        )
-        if value is not None
-    ]
-    eval_cfg = with_overrides(runs[0].config, overrides).eval
+    eval_cfg = _eval_config(runs[0].config, options, episodes_key="episodes_per_task")
+    for run in runs:
+        _check_env_id(run.config)
+        if run.config.env.id != runs[0].config.env.id:
+            raise ConfigError(
+                f"cannot compare runs on {run.config.env.id!r} and {runs[0].config.env.id!r}"
+            )
     rows = evaluate_rl([(r.config, r.learner["params"]) for r in runs], eval_cfg)
     return EvalResult(
         rows=rows, metric="return", ylabel="average return", title=runs[0].config.env.id

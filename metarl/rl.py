@@ -5,6 +5,7 @@ Data goes one way: task env -> sampler -> episodes -> adaptation -> outer step -
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Sequence
@@ -24,12 +25,15 @@ from metarl.maml_rl import (
     adapt_policy,
     adapt_tasks,
     compute_advantages,
+    masked_mean,
     meta_trpo_step,
+    surrogate_loss,
 )
 from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, MLPPolicy, Params
 from metarl.rngs import Rngs
 from metarl.sampler import Sampler, make_env
 from metarl.tasks import TaskEnv
+from metarl.trpo import trpo_step
 
 
 def make_policy(config: RLConfig, env: gym.Env[Any, Any]) -> MLPPolicy:
@@ -86,12 +90,16 @@ def trpo_settings(config: RLConfig) -> TRPOSettings:
     )
 
 
-class MAMLTRPOLearner:
-    """Meta-trains a policy with MAML-TRPO; ``step`` is one meta-iteration."""
+class PolicyLearner:
+    """What every RL learner holds: the task env, the policy and its weights, the sampler.
+
+    Subclasses implement ``step``. The oracle method sees the task in its observations.
+    """
 
     def __init__(self, config: RLConfig, rngs: Rngs) -> None:
         self.config = config
-        self._env = make_env(config.env.id)
+        oracle = config.method == "oracle"
+        self._env = make_env(config.env.id, oracle=oracle)
         self.tasks = task_env(self._env, config.env.id)
         self.policy = make_policy(config, self._env)
         self.params: Params = self.policy.init_params(rngs.torch)
@@ -102,8 +110,8 @@ class MAMLTRPOLearner:
             horizon=config.env.horizon,
             backend=config.sampler.backend,
             num_workers=config.sampler.num_workers,
+            oracle=oracle,
         )
-        self.inner = inner_loop(config)
         self.trpo = trpo_settings(config)
 
     def advantages(self, episodes: EpisodeBatch) -> torch.Tensor:
@@ -111,6 +119,74 @@ class MAMLTRPOLearner:
         return compute_advantages(
             episodes, gamma=c.gamma, gae_lambda=c.gae_lambda, normalize=c.normalize_advantages
         )
+
+    def sample_with_theta(self, rngs: Rngs) -> tuple[list[Any], EpisodeBatch]:
+        """Fresh tasks and episodes of them acting with the current weights."""
+        tasks = self.tasks.sample_tasks(self.config.meta_batch_size, rngs.numpy)
+        seed = int(rngs.numpy.integers(0, 2**31 - 1))
+        return tasks, self.sampler.sample(
+            self.policy, self.params, tasks, generator=rngs.torch, seed=seed
+        )
+
+    def step(self, rngs: Rngs) -> dict[str, float]:
+        raise NotImplementedError
+
+    def weights(self) -> Params:
+        return {k: v.detach().clone() for k, v in self.params.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"params": self.weights()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.params = {k: v.clone() for k, v in state["params"].items()}
+
+    def close(self) -> None:
+        self.sampler.close()
+        self._env.close()
+
+
+class RandomInitLearner(PolicyLearner):
+    """The paper's ``random`` baseline: the initial weights, never trained (fine-tuned only at
+    evaluation). ``step`` measures the return of those weights on fresh tasks."""
+
+    def step(self, rngs: Rngs) -> dict[str, float]:
+        _, episodes = self.sample_with_theta(rngs)
+        return {"pre_adapt_return": float(episodes.returns.mean())}
+
+
+class TRPOLearner(PolicyLearner):
+    """Plain TRPO on tasks drawn from the distribution, no adaptation: the paper's
+    ``pretrained`` baseline (and, on the task-observing env, its ``oracle``)."""
+
+    def step(self, rngs: Rngs) -> dict[str, float]:
+        _, batch = self.sample_with_theta(rngs)
+        adv = self.advantages(batch)
+        old = self.policy.detached_stats(self.params, batch.observations)
+
+        def loss_fn(p: Params) -> torch.Tensor:
+            return surrogate_loss(self.policy, p, batch, adv)
+
+        def kl_fn(p: Params) -> torch.Tensor:
+            return masked_mean(self.policy.kl(old, p, batch.observations), batch.mask)
+
+        t = self.trpo
+        self.params, stats = trpo_step(
+            self.params, loss_fn, kl_fn, max_kl=t.max_kl, damping=t.damping,
+            cg_iters=t.cg_iters, hvp=t.hvp, fd_base_eps=t.fd_base_eps,
+            backtrack_ratio=t.backtrack_ratio, max_backtracks=t.max_backtracks,
+        )  # fmt: skip
+        return {
+            "pre_adapt_return": float(batch.returns.mean()),
+            **{f"trpo/{k}": v for k, v in stats.as_dict().items()},
+        }
+
+
+class MAMLTRPOLearner(PolicyLearner):
+    """Meta-trains a policy with MAML-TRPO; ``step`` is one meta-iteration."""
+
+    def __init__(self, config: RLConfig, rngs: Rngs) -> None:
+        super().__init__(config, rngs)
+        self.inner = inner_loop(config)
 
     def step(self, rngs: Rngs) -> dict[str, float]:
         clock = time.perf_counter()
@@ -153,18 +229,19 @@ class MAMLTRPOLearner:
             "time/trpo_s": t_trpo,
         }
 
-    def weights(self) -> Params:
-        return {k: v.detach().clone() for k, v in self.params.items()}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"params": self.weights()}
+LEARNERS: dict[str, type[PolicyLearner]] = {
+    "maml": MAMLTRPOLearner,
+    "pretrained": TRPOLearner,
+    "oracle": TRPOLearner,
+    "random": RandomInitLearner,
+}
+"""The learner of each ``method``."""
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.params = {k: v.clone() for k, v in state["params"].items()}
 
-    def close(self) -> None:
-        self.sampler.close()
-        self._env.close()
+def make_rl_learner(config: RLConfig, rngs: Rngs) -> PolicyLearner:
+    """The learner for ``config.method``."""
+    return LEARNERS[config.method](config, rngs)
 
 
 EVAL_STREAM = 0xE7A1  # mixes held-out task streams apart from training streams
@@ -205,7 +282,7 @@ def adaptation_returns(
 
     Every step samples fresh episodes with the current (per-task) weights, then adapts on them.
     """
-    policy = make_policy(config, make_env(config.env.id))
+    policy = make_policy(config, make_env(config.env.id, oracle=config.method == "oracle"))
     current = {k: v.unsqueeze(0).expand(len(tasks), *v.shape).clone() for k, v in params.items()}
     generator = torch.Generator().manual_seed(seed)
     seeds = np.random.SeedSequence([EVAL_STREAM, seed]).generate_state(eval_cfg.max_steps + 1)
@@ -230,22 +307,31 @@ def evaluate_rl(
     runs: Sequence[tuple[RLConfig, Params]], eval_cfg: RLEvalConfig
 ) -> list[dict[str, Any]]:
     """Adaptation-curve rows (``mean_return``, ``ci95_return``) of every run on the same
-    held-out tasks, drawn from the first run's env with ``eval_cfg.seed``."""
+    held-out tasks, drawn from the first run's env with ``eval_cfg.seed``. An ``oracle`` run
+    is scored without adaptation (step 0 only: the paper's horizontal line)."""
     base = runs[0][0]
     env = make_env(base.env.id)
     tasks = task_env(env, base.env.id).sample_tasks(eval_cfg.num_tasks, eval_rng(eval_cfg.seed))
     rows: list[dict[str, Any]] = []
-    with Sampler(
-        env_id=base.env.id,
-        num_tasks=eval_cfg.num_tasks,
-        episodes_per_task=eval_cfg.episodes_per_task,
-        horizon=base.env.horizon,
-        backend=base.sampler.backend,
-        num_workers=base.sampler.num_workers,
-    ) as sampler:
+    samplers: dict[bool, Sampler] = {}
+    try:
         for config, params in runs:
             if config.env.id != base.env.id:
                 raise ValueError(f"cannot compare runs on {config.env.id!r} and {base.env.id!r}")
-            curve = adaptation_returns(config, params, tasks, sampler, eval_cfg, seed=eval_cfg.seed)
+            oracle = config.method == "oracle"
+            if oracle not in samplers:
+                samplers[oracle] = Sampler(
+                    env_id=base.env.id, num_tasks=eval_cfg.num_tasks,
+                    episodes_per_task=eval_cfg.episodes_per_task, horizon=base.env.horizon,
+                    backend=base.sampler.backend, num_workers=base.sampler.num_workers,
+                    oracle=oracle,
+                )  # fmt: skip
+            run_cfg = dataclasses.replace(eval_cfg, max_steps=0) if oracle else eval_cfg
+            curve = adaptation_returns(
+                config, params, tasks, samplers[oracle], run_cfg, seed=eval_cfg.seed
+            )
             rows += curve_rows(curve, metric="return", method=config.method)
+    finally:
+        for sampler in samplers.values():
+            sampler.close()
     return rows

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from envs.oracle import OracleEnv
 from metarl.episodes import EpisodeBatch
 from metarl.policies import MLPPolicy, Params
 from metarl.vector import SerialVectorEnv, ShardedVectorEnv
@@ -47,9 +48,11 @@ def resolve_env_id(env_id: str) -> str:
     return name
 
 
-def make_env(env_id: str, **kwargs: Any) -> gym.Env[Any, Any]:
-    """``gymnasium.make`` of a task env id (see :func:`resolve_env_id`)."""
-    return gym.make(resolve_env_id(env_id), **kwargs)
+def make_env(env_id: str, *, oracle: bool = False) -> gym.Env[Any, Any]:
+    """``gymnasium.make`` of a task env id (see :func:`resolve_env_id`); ``oracle`` wraps it in
+    :class:`envs.oracle.OracleEnv` (the task is appended to the observation)."""
+    env = gym.make(resolve_env_id(env_id))
+    return OracleEnv(env) if oracle else env
 
 
 def make_vector_env(
@@ -58,19 +61,16 @@ def make_vector_env(
     *,
     backend: Backend = "local",
     num_workers: int = 2,
-    env_kwargs: dict[str, Any] | None = None,
+    oracle: bool = False,
 ) -> gym.vector.VectorEnv[Any, Any, Any]:
     """A vector env of ``num_envs`` sub-envs: the env's own batched implementation when it
-    registers a ``vector_entry_point``, else a ``SyncVectorEnv`` (``local``) or a
-    :class:`ShardedVectorEnv` over ``num_workers`` processes (``processes``)."""
+    registers a ``vector_entry_point`` (and ``oracle`` is off), else a
+    :class:`SerialVectorEnv` (``local``) or a :class:`ShardedVectorEnv` over ``num_workers``
+    processes (``processes``)."""
     env_id = resolve_env_id(env_id)
-    kwargs = env_kwargs or {}
-    spec = gym.spec(env_id)
-    if spec.vector_entry_point is not None:
-        return gym.make_vec(
-            env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs
-        )
-    fns = [functools.partial(make_env, env_id, **kwargs) for _ in range(num_envs)]
+    if gym.spec(env_id).vector_entry_point is not None and not oracle:
+        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
+    fns = [functools.partial(make_env, env_id, oracle=oracle) for _ in range(num_envs)]
     if backend == "processes":
         return ShardedVectorEnv(fns, num_workers=num_workers)
     return SerialVectorEnv(fns)
@@ -97,7 +97,7 @@ class Sampler:
         horizon: int,
         backend: Backend = "local",
         num_workers: int = 2,
-        env_kwargs: dict[str, Any] | None = None,
+        oracle: bool = False,
     ) -> None:
         if num_tasks < 1 or episodes_per_task < 1 or horizon < 1:
             raise ValueError("Sampler: num_tasks, episodes_per_task and horizon must be >= 1")
@@ -107,7 +107,7 @@ class Sampler:
         self.num_envs = num_tasks * episodes_per_task
         self.horizon = horizon
         self.envs = make_vector_env(
-            env_id, self.num_envs, backend=backend, num_workers=num_workers, env_kwargs=env_kwargs
+            env_id, self.num_envs, backend=backend, num_workers=num_workers, oracle=oracle
         )
         space = self.envs.single_action_space
         self.discrete = isinstance(space, gym.spaces.Discrete)

@@ -119,3 +119,22 @@ def test_every_field_has_a_docstring(cls: type) -> None:
     docs = field_docs(cls)
     missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
     assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
+
+
+def test_a_config_file_extends_its_base(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("kind: rl\niterations: 7\ninner: {lr: 0.3, steps: 2}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\ninner: {lr: 0.2}\n")
+    cfg = load_config(tmp_path / "b.yaml", ["seed=4"])
+    assert (cfg.kind, cfg.iterations, cfg.inner.lr, cfg.inner.steps, cfg.seed) == (
+        "rl",
+        7,
+        0.2,
+        2,
+        4,
+    )
+    (tmp_path / "c.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(ConfigError, match="its own base"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing\.yaml' does not exist"):
+        load_config(tmp_path / "d.yaml")
