@@ -20,7 +20,7 @@ CONFIGS = sorted((Path(__file__).parent.parent / "experiments" / "configs").glob
 
 
 def test_defaults_are_the_papers_sinusoid_settings() -> None:
-    cfg = load_config(None)
+    cfg = load_config(None, ["kind=sinusoid"])
     assert isinstance(cfg, SinusoidConfig)
     assert (cfg.meta_batch_size, cfg.meta_lr, cfg.inner.lr, cfg.inner.steps) == (25, 1e-3, 0.01, 1)
     assert cfg.model.hidden_sizes == (40, 40)
@@ -36,11 +36,17 @@ def test_shipped_configs_load_and_round_trip(path: Path) -> None:
 def test_overrides_set_nested_keys_with_types() -> None:
     cfg = load_config(
         None,
-        ["inner.lr=1e-3", "model.hidden_sizes=[8, 8, 8]", "inner.first_order=true", "iterations=5"],
+        [
+            "kind=sinusoid",
+            "inner.lr=1e-3",
+            "model.hidden_sizes=[8, 8, 8]",
+            "inner.first_order=true",
+            "iterations=5",
+        ],
     )
     assert cfg.inner.lr == 1e-3 and cfg.inner.first_order is True
     assert cfg.model.hidden_sizes == (8, 8, 8) and cfg.iterations == 5
-    assert config_diff(load_config(None), cfg) == [
+    assert config_diff(load_config(None, ["kind=sinusoid"]), cfg) == [
         "inner.first_order",
         "inner.lr",
         "iterations",
@@ -75,7 +81,7 @@ def test_overrides_set_nested_keys_with_types() -> None:
 )
 def test_bad_overrides_name_key_value_and_what_is_allowed(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        load_config(None, [override])
+        load_config(None, ["kind=sinusoid", override])
 
 
 def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
@@ -94,7 +100,7 @@ def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
 
 
 def test_configs_are_frozen() -> None:
-    cfg = load_config(None)
+    cfg = load_config(None, ["kind=sinusoid"])
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3  # type: ignore[misc]
 

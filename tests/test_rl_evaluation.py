@@ -159,7 +159,19 @@ def test_bad_runs_and_ids_are_clear_errors(
     )
     assert "config key 'env.id': unknown env id 'metarl/Nope-v0'" in capsys.readouterr().err
     assert (
-        main(["train", "--out", str(tmp_path / "s"), "--set", "iterations=1", "--no-progress"]) == 0
+        main(
+            [
+                "train",
+                "--out",
+                str(tmp_path / "s"),
+                "--set",
+                "kind=sinusoid",
+                "--set",
+                "iterations=1",
+                "--no-progress",
+            ]
+        )
+        == 0
     )  # a sinusoid run
     assert main(["evaluate", str(runs["maml"]), "--compare", str(tmp_path / "s")]) == 2
     assert "is a 'sinusoid' run" in capsys.readouterr().err

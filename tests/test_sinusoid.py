@@ -19,7 +19,7 @@ from metarl.supervised.sinusoid import (
 
 
 def test_task_distribution_matches_the_paper() -> None:
-    cfg = load_config(None)
+    cfg = load_config(None, ["kind=sinusoid"])
     batch = sample_sinusoid_tasks(
         cfg.task,
         num_tasks=4000,
@@ -38,7 +38,7 @@ def test_task_distribution_matches_the_paper() -> None:
 
 
 def test_same_seed_gives_identical_weights_and_other_seed_does_not() -> None:
-    cfg = load_config(None, ["model.hidden_sizes=[16, 16]"])
+    cfg = load_config(None, ["kind=sinusoid", "model.hidden_sizes=[16, 16]"])
 
     def run(seed: int) -> dict[str, torch.Tensor]:
         rngs = Rngs.from_seed(seed)
@@ -53,7 +53,7 @@ def test_same_seed_gives_identical_weights_and_other_seed_does_not() -> None:
 
 
 def test_first_order_flag_changes_the_meta_gradient() -> None:
-    cfg = load_config(None, ["dtype=float64"])
+    cfg = load_config(None, ["kind=sinusoid", "dtype=float64"])
     learner = SinusoidLearner(cfg, Rngs.from_seed(0))
     batch = sample_sinusoid_tasks(
         cfg.task,
@@ -65,7 +65,7 @@ def test_first_order_flag_changes_the_meta_gradient() -> None:
     )
     grads = []
     for fo in (False, True):
-        inner = load_config(None, [f"inner.first_order={str(fo).lower()}"]).inner
+        inner = load_config(None, ["kind=sinusoid", f"inner.first_order={str(fo).lower()}"]).inner
         loss = maml_losses(learner.model, learner.params, batch, inner).mean()
         grads.append(
             torch.cat(
@@ -77,7 +77,7 @@ def test_first_order_flag_changes_the_meta_gradient() -> None:
 
 
 def test_short_meta_training_makes_adaptation_pay_off() -> None:
-    cfg = load_config(None, ["iterations=1500"])
+    cfg = load_config(None, ["kind=sinusoid", "iterations=1500"])
     rngs = Rngs.from_seed(0)
     learner = SinusoidLearner(cfg, rngs)
     for _ in range(cfg.iterations):
@@ -113,12 +113,14 @@ def test_evaluation_uses_the_same_held_out_tasks_for_every_method() -> None:
     assert [r["mean_loss"] for r in first] == [r["mean_loss"] for r in second]
     again = evaluate_sinusoid([(cfg, params)], cfg.eval)
     assert [r["mean_loss"] for r in again] == [r["mean_loss"] for r in first]
-    other_seed = evaluate_sinusoid([(cfg, params)], load_config(None, ["eval.seed=7"]).eval)
+    other_seed = evaluate_sinusoid(
+        [(cfg, params)], load_config(None, ["kind=sinusoid", "eval.seed=7"]).eval
+    )
     assert other_seed[0]["mean_loss"] != first[0]["mean_loss"]
 
 
 def test_held_out_stream_differs_from_training_stream() -> None:
-    cfg = load_config(None)
+    cfg = load_config(None, ["kind=sinusoid"])
     for seed in (0, 10_000):
         train = sample_sinusoid_tasks(
             cfg.task, num_tasks=25, k_support=10, k_query=10, generator=Rngs.from_seed(seed).torch
@@ -131,6 +133,6 @@ def test_held_out_stream_differs_from_training_stream() -> None:
 
 
 def test_model_is_the_papers_network() -> None:
-    model = make_model(load_config(None))
+    model = make_model(load_config(None, ["kind=sinusoid"]))
     shapes = [tuple(p.shape) for p in model.parameters()]
     assert shapes == [(40, 1), (40,), (40, 40), (40,), (1, 40), (1,)]

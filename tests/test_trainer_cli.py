@@ -21,7 +21,13 @@ from metarl.trainer import (
 )
 
 CONFIGS = Path(__file__).parent.parent / "experiments" / "configs"
-SMALL = ["model.hidden_sizes=[8]", "log_every=5", "checkpoint_every=5", "meta_batch_size=4"]
+SMALL = [
+    "kind=sinusoid",
+    "model.hidden_sizes=[8]",
+    "log_every=5",
+    "checkpoint_every=5",
+    "meta_batch_size=4",
+]
 
 
 def _train(out: Path, iterations: int, resume: bool = False, extra: tuple[str, ...] = ()) -> None:
