@@ -190,10 +190,15 @@ class TRPOConfig:
     """Added to the Hessian-vector product: (H + damping I) v."""
     cg_iters: int = bounded(10, ge=1)
     """Conjugate-gradient iterations."""
-    hvp: Literal["finite_difference", "exact"] = "finite_difference"
-    """Hessian-vector products by finite differences of gradients (the paper) or double backprop."""
-    fd_base_eps: float = bounded(1e-5, gt=0.0)
-    """Finite-difference scale: eps = fd_base_eps / (|theta| + 1e-8)."""
+    hvp: Literal["finite_difference", "exact", "gauss_newton"] = "finite_difference"
+    """Hessian-vector products of the meta-KL: finite differences of its gradients (the paper's,
+    re-adapting at theta +- eps v), exact double backprop, or gauss_newton: J^T F J v with F the
+    Fisher of the adapted policies (exactly the Hessian at the old weights, where TRPO needs it;
+    the fastest)."""
+    fd_base_eps: float = bounded(1.0, gt=0.0)
+    """Finite-difference scale: eps = fd_base_eps / (|theta| + 1e-8). The paper's 1e-5 gives
+    products unrelated to the Hessian for a ReLU policy in float32 (rounding, and the ReLU kinks
+    the origin sits on at initialisation); see metarl.trpo.DEFAULT_FD_BASE_EPS."""
     backtrack_ratio: float = bounded(0.8, gt=0.0, lt=1.0)
     """Line-search shrink factor."""
     max_backtracks: int = bounded(15, ge=1)
@@ -259,10 +264,109 @@ class RLConfig:
     """Iterations between checkpoints (one is always written at the end)."""
 
 
-ExperimentConfig = SinusoidConfig | RLConfig
+# --------------------------------------------------------------------------- Omniglot
+
+
+@dataclass(frozen=True)
+class OmniglotDataConfig:
+    """Where the Omniglot images come from and how the characters are split."""
+
+    root: str = "data/omniglot"
+    """Folder with the standard distribution: images_background.zip and images_evaluation.zip,
+    or their unpacked folders (<split>/<Alphabet>/<character>/*.png). Never downloaded."""
+    cache_dir: str | None = "~/.cache/metarl/omniglot"
+    """Folder for the preprocessed 28x28 images (one .npz, keyed by the sources' sizes and
+    modification times); null: decode the PNGs on every start."""
+    train_characters: int = bounded(1200, ge=1)
+    """Meta-training characters: the first of all characters sorted by path (images_background
+    first); the rest are the meta-test characters. Each gives 4 classes (0/90/180/270 degrees)."""
+
+
+@dataclass(frozen=True)
+class FewShotTaskConfig:
+    """An N-way K-shot classification task."""
+
+    ways: int = bounded(5, ge=2)
+    """Classes per task (N)."""
+    shots: int = bounded(1, ge=1)
+    """Support images per class (K)."""
+    query: int = bounded(15, ge=1)
+    """Query images per class during meta-training (the adapted weights are scored on them)."""
+
+
+@dataclass(frozen=True)
+class ConvNetConfig:
+    """The paper's conv net: blocks of 3x3 conv, batch norm, ReLU, 2x2 down-sampling."""
+
+    hidden: int = bounded(64, ge=1)
+    """Filters per convolution."""
+    blocks: int = bounded(4, ge=1)
+    """Conv blocks."""
+    downsample: Literal["stride", "max_pool"] = "stride"
+    """``stride``: stride-2 convolutions (the paper's Omniglot code); ``max_pool``: 2x2 max-pool
+    after each block (about 4x the compute)."""
+
+
+@dataclass(frozen=True)
+class OmniglotEvalConfig:
+    """Accuracy after 0..max_steps steps on held-out tasks of the meta-test characters."""
+
+    num_tasks: int = bounded(600, ge=2)
+    """Held-out tasks."""
+    max_steps: int = bounded(3, ge=0)
+    """Curves report the accuracy after 0..max_steps inner steps."""
+    query: int = bounded(15, ge=1)
+    """Query images per class of a held-out task."""
+    lr: float | None = bounded(None, gt=0.0)
+    """Fine-tuning learning rate; null means the training inner lr."""
+    seed: int = bounded(10_000, ge=0)
+    """Seed of the held-out task stream (kept apart from the training seed)."""
+
+
+@dataclass(frozen=True)
+class OmniglotConfig:
+    """Few-shot Omniglot classification with MAML (paper, section 5.2)."""
+
+    kind: Literal["omniglot"] = "omniglot"
+    """Experiment type."""
+    seed: int = bounded(0, ge=0)
+    """Seed of every random stream of the run."""
+    iterations: int = bounded(60_000, ge=1)
+    """Outer (meta) iterations."""
+    meta_batch_size: int = bounded(32, ge=1)
+    """Tasks per meta-iteration."""
+    meta_lr: float = bounded(1e-3, gt=0.0)
+    """Adam learning rate of the outer loop."""
+    dtype: Literal["float32", "float64"] = "float32"
+    """Floating-point precision of weights and images."""
+    vectorize_inner: bool = True
+    """Adapt all tasks of a meta-batch in one ``torch.func.vmap`` call (fastest on a CPU for
+    small support sets, e.g. 5-way 1-shot); false: one task after another (faster for 5-shot
+    and 20-way). Same numbers either way."""
+    inner: InnerLoopConfig = field(default_factory=lambda: InnerLoopConfig(lr=0.4))
+    """Inner loop: cross-entropy on the support set."""
+    model: ConvNetConfig = field(default_factory=ConvNetConfig)
+    """The classifier."""
+    data: OmniglotDataConfig = field(default_factory=OmniglotDataConfig)
+    """The images and the train/test split of the characters."""
+    task: FewShotTaskConfig = field(default_factory=FewShotTaskConfig)
+    """Tasks of meta-training (evaluation uses the same ways and shots)."""
+    eval: OmniglotEvalConfig = field(default_factory=OmniglotEvalConfig)
+    """Evaluation settings for ``metarl evaluate``."""
+    log_every: int = bounded(50, ge=1)
+    """Iterations between log rows."""
+    checkpoint_every: int = bounded(500, ge=1)
+    """Iterations between checkpoints (one is always written at the end)."""
+
+
+ExperimentConfig = SinusoidConfig | RLConfig | OmniglotConfig
 """Any top-level experiment config."""
 
-CONFIG_KINDS: dict[str, type[Any]] = {"sinusoid": SinusoidConfig, "rl": RLConfig}
+CONFIG_KINDS: dict[str, type[Any]] = {
+    "sinusoid": SinusoidConfig,
+    "rl": RLConfig,
+    "omniglot": OmniglotConfig,
+}
 """Top-level config class for each ``kind``."""
 
 DEFAULT_KIND = "sinusoid"

@@ -104,6 +104,39 @@ def _rl_evaluate(runs: Sequence[Checkpoint], options: EvalOptions) -> EvalResult
     )
 
 
+def _omniglot_data_error(err: ValueError) -> ConfigError:
+    """A missing or malformed data set is a problem of the config key that names it."""
+    return ConfigError(f"config key 'data.root': {err}")
+
+
+def _omniglot_learner(config: Any, rngs: Rngs) -> Learner:
+    from metarl.supervised.omniglot import OmniglotLearner
+    from metarl.supervised.omniglot_data import OmniglotDataError
+
+    try:
+        return OmniglotLearner(config, rngs)
+    except OmniglotDataError as err:
+        raise _omniglot_data_error(err) from None
+
+
+def _omniglot_evaluate(runs: Sequence[Checkpoint], options: EvalOptions) -> EvalResult:
+    from metarl.supervised.omniglot import evaluate_omniglot
+    from metarl.supervised.omniglot_data import OmniglotDataError
+
+    eval_cfg = _eval_config(runs[0].config, options, episodes_key=None)
+    try:
+        rows = evaluate_omniglot([(r.config, r.learner["params"]) for r in runs], eval_cfg)
+    except OmniglotDataError as err:
+        raise _omniglot_data_error(err) from None
+    task = runs[0].config.task
+    return EvalResult(
+        rows=rows,
+        metric="accuracy",
+        ylabel="query accuracy",
+        title=f"Omniglot {task.ways}-way {task.shots}-shot",
+    )
+
+
 KINDS: dict[str, ExperimentKind] = {
     "sinusoid": ExperimentKind(
         make_learner=_sinusoid_learner,
@@ -114,5 +147,10 @@ KINDS: dict[str, ExperimentKind] = {
         make_learner=_rl_learner,
         evaluate=_rl_evaluate,
         progress_keys=("pre_adapt_return", "post_adapt_return"),
+    ),
+    "omniglot": ExperimentKind(
+        make_learner=_omniglot_learner,
+        evaluate=_omniglot_evaluate,
+        progress_keys=("post_adapt_query_accuracy", "post_adapt_query_loss"),
     ),
 }
