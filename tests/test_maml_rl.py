@@ -13,6 +13,7 @@ from metarl.episodes import EpisodeBatch
 from metarl.maml_rl import (
     InnerLoop,
     MetaBatch,
+    MetaDerivatives,
     TRPOSettings,
     adapt_policy,
     adapt_tasks,
@@ -26,7 +27,7 @@ from metarl.maml_rl import (
     surrogate_loss,
     vpg_loss,
 )
-from metarl.policies import GaussianMLPPolicy, MLPPolicy, Params
+from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, MLPPolicy, Params
 from metarl.trpo import (
     flat_grad,
     flatten_params,
@@ -305,7 +306,7 @@ def test_fd_hvp_matches_exact_on_meta_kl_float32() -> None:
 # ---------------------------------------------------------------- one outer step
 
 
-@pytest.mark.parametrize("hvp", ["finite_difference", "exact"])
+@pytest.mark.parametrize("hvp", ["finite_difference", "exact", "gauss_newton"])
 def test_meta_trpo_step_decreases_surrogate_within_max_kl(
     setup64: tuple[GaussianMLPPolicy, Params, MetaBatch], hvp: str
 ) -> None:
@@ -329,3 +330,158 @@ def test_meta_batch_validation(setup64: tuple[GaussianMLPPolicy, Params, MetaBat
         MetaBatch(batch.train, batch.train_advantages, batch.valid, batch.valid_advantages[:, :3])
     with pytest.raises(ValueError, match="steps"):
         InnerLoop(steps=0)
+
+
+# ------------------------------------------- task-batched meta-derivatives (MetaDerivatives)
+
+
+def relu_policy() -> GaussianMLPPolicy:
+    """The paper's architecture in small: 2-D observations and actions, two ReLU layers."""
+    return GaussianMLPPolicy(obs_dim=2, act_dim=2, hidden_sizes=(8, 8), init_log_std=-0.5)
+
+
+@pytest.fixture(scope="module")
+def relu64() -> tuple[GaussianMLPPolicy, Params, MetaBatch]:
+    pol = relu_policy()
+    theta = perturbed(pol.init_params(torch.Generator().manual_seed(0), dtype=D), 11)
+    return pol, theta, make_meta_batch(pol, theta, InnerLoop(), seed=2)
+
+
+def rel(a: Tensor, b: Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("inner", [InnerLoop(), InnerLoop(steps=2), InnerLoop(first_order=True)])
+@pytest.mark.parametrize("which", ["tanh", "relu"])
+def test_meta_derivatives_match_autograd(
+    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch],
+    relu64: tuple[GaussianMLPPolicy, Params, MetaBatch],
+    inner: InnerLoop,
+    which: str,
+) -> None:
+    pol, theta, batch = setup64 if which == "tanh" else relu64
+    batch = with_inner(batch, inner)
+    old = adapted_stats(pol, theta, batch)
+    for gauss_newton in (False, True):
+        fast = MetaDerivatives(pol, theta, batch, gauss_newton=gauss_newton)
+        for name, stats in fast.old_stats.items():
+            torch.testing.assert_close(stats.reshape(old[name].shape), old[name])
+        for at in (theta, perturbed(theta, 12)):
+            loss, grad = fast.loss_and_grad(at)
+            ref_loss, ref_grad = flat_grad(lambda q: meta_surrogate(pol, q, batch), at)
+            assert float(loss) == pytest.approx(float(ref_loss), rel=1e-12, abs=1e-15)
+            assert rel(grad, ref_grad) < 1e-10
+            ref_kl = flat_grad(lambda q: meta_kl(pol, q, batch, old), at)[1]
+            assert rel(fast.kl_grad(at), ref_kl) < 1e-10
+            both, ref_both = fast.loss_and_kl(at), meta_surrogate_and_kl(pol, at, batch, old)
+            torch.testing.assert_close(torch.stack(both), torch.stack(ref_both))
+    assert float(ref_kl.norm()) > 1e-3  # away from theta the KL gradient is not trivially 0
+
+
+@pytest.mark.parametrize("which", ["tanh", "relu"])
+@pytest.mark.parametrize("inner", [InnerLoop(), InnerLoop(steps=2)])
+def test_gauss_newton_hvp_is_the_exact_meta_kl_hessian_at_theta_old(
+    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch],
+    relu64: tuple[GaussianMLPPolicy, Params, MetaBatch],
+    which: str,
+    inner: InnerLoop,
+) -> None:
+    pol, theta, batch = setup64 if which == "tanh" else relu64
+    batch = with_inner(batch, inner)
+    old = adapted_stats(pol, theta, batch)
+    n = flatten_params(theta).numel()
+    v = torch.randn(n, generator=torch.Generator().manual_seed(5), dtype=D)
+    exact = hvp_exact(lambda q: meta_kl(pol, q, batch, old), theta, v)
+    assert float(exact.norm()) > 1e-2
+    # tanh: the general R-operator; relu: the low-rank row sums
+    gn = MetaDerivatives(pol, theta, batch, gauss_newton=True).gauss_newton_hvp(v)
+    assert rel(gn, exact) < 1e-6
+    with pytest.raises(ValueError, match="gauss_newton=True"):
+        MetaDerivatives(pol, theta, batch).gauss_newton_hvp(v)
+
+
+def test_gauss_newton_hvp_is_not_the_hessian_away_from_theta_old(
+    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch],
+) -> None:
+    # J^T F J drops sum_out dKL/dout * d2out/dtheta2, which is 0 only where dKL/dout is:
+    # at the old weights. Away from them the meta-KL's Hessian has that term too.
+    pol, theta, batch = setup64
+    away = perturbed(theta, 13, scale=0.2)
+    old = adapted_stats(pol, theta, batch)
+    v = torch.randn(
+        flatten_params(theta).numel(), generator=torch.Generator().manual_seed(6), dtype=D
+    )
+    hessian_away = hvp_exact(lambda q: meta_kl(pol, q, batch, old), away, v)
+    gn_at_theta = MetaDerivatives(pol, theta, batch, gauss_newton=True).gauss_newton_hvp(v)
+    gn_away = MetaDerivatives(pol, away, batch, gauss_newton=True).gauss_newton_hvp(v)
+    assert rel(gn_away, hessian_away) > 0.05
+    assert rel(gn_at_theta, hessian_away) > 0.05
+
+
+def test_fd_hvp_on_relu_meta_kl_at_init_needs_a_large_base_eps() -> None:
+    """At initialisation (zero biases) every episode's first observation (the origin) sits on
+    the ReLU kink, so the meta-KL's gradient jumps at theta_old and a central difference of it
+    carries an error ~ jump / eps; TRPOSettings' default eps keeps that small in float32."""
+    pol = GaussianMLPPolicy(obs_dim=2, act_dim=2, hidden_sizes=(16, 16), init_log_std=-0.5)
+    theta = pol.init_params(torch.Generator().manual_seed(0))
+    batch = make_meta_batch(pol, theta, InnerLoop(), seed=3, num_tasks=4)
+    fast = MetaDerivatives(pol, theta, batch, gauss_newton=True)
+    v = fast.loss_and_grad(theta)[1]
+    exact = fast.gauss_newton_hvp(v)
+
+    def cosine(base_eps: float) -> float:
+        fd = hvp_finite_difference(fast.kl_grad, theta, v, base_eps=base_eps)
+        return float(torch.nn.functional.cosine_similarity(fd, exact, dim=0))
+
+    assert cosine(TRPOSettings().fd_base_eps) > 0.99
+    assert cosine(1e-5) < 0.9  # the paper's eps: dominated by the jump
+
+
+def categorical_meta_batch() -> tuple[CategoricalMLPPolicy, Params, MetaBatch]:
+    """Random-observation episodes of a categorical policy (3 tasks x 4 episodes x 6 steps),
+    valid ones acting with the adapted weights: enough to check the derivatives' algebra."""
+    pol = CategoricalMLPPolicy(obs_dim=3, num_actions=4, hidden_sizes=(8, 8))
+    theta = pol.init_params(torch.Generator().manual_seed(0), dtype=D)
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.randint(3, 7, (12,), generator=gen)
+
+    def episodes(params: Params, per_task: bool) -> EpisodeBatch:
+        obs = torch.randn(6, 12, 3, generator=gen, dtype=D)
+        if per_task:
+            acts, lps = pol.sample_per_task(params, obs.view(6, 3, 4, 3).movedim(1, 0), gen)
+            acts, lps = acts.movedim(0, 1).reshape(6, 12), lps.movedim(0, 1).reshape(6, 12)
+        else:
+            acts, lps = pol.sample(params, obs, gen)
+        mask = (torch.arange(6).unsqueeze(1) < lengths).to(D)
+        return EpisodeBatch(
+            observations=obs * mask.unsqueeze(-1), actions=acts * mask.long(),
+            rewards=torch.randn(6, 12, generator=gen, dtype=D) * mask, mask=mask,
+            lengths=lengths, terminated=lengths < 6, truncated=lengths == 6,
+            last_observations=torch.randn(12, 3, generator=gen, dtype=D), log_probs=lps * mask,
+            num_tasks=3, episodes_per_task=4,
+        )  # fmt: skip
+
+    train = episodes(theta, per_task=False)
+    train_adv = compute_advantages(train, gamma=0.99)
+    adapted = adapt_tasks(pol, theta, train, train_adv, InnerLoop())
+    valid = episodes(adapted, per_task=True)
+    return pol, theta, MetaBatch(train, train_adv, valid, compute_advantages(valid, gamma=0.99))
+
+
+def test_meta_derivatives_of_a_categorical_policy_match_autograd() -> None:
+    pol, theta, batch = categorical_meta_batch()  # a head without weights, 4 outputs
+    assert pol.supports_low_rank()
+    old = adapted_stats(pol, theta, batch)
+    at = perturbed(theta, 14)
+    ref_grad = flat_grad(lambda q: meta_surrogate(pol, q, batch), at)[1]
+    ref_kl = flat_grad(lambda q: meta_kl(pol, q, batch, old), at)[1]
+    v = torch.randn(ref_grad.numel(), generator=torch.Generator().manual_seed(8), dtype=D)
+    exact = hvp_exact(lambda q: meta_kl(pol, q, batch, old), theta, v)
+    for gauss_newton in (False, True):
+        fast = MetaDerivatives(pol, theta, batch, gauss_newton=gauss_newton)
+        assert rel(fast.loss_and_grad(at)[1], ref_grad) < 1e-10
+        assert rel(fast.kl_grad(at), ref_kl) < 1e-10 and float(ref_kl.norm()) > 1e-3
+        if gauss_newton:
+            assert rel(fast.gauss_newton_hvp(v), exact) < 1e-6
+        ref_at_theta = flat_grad(lambda q: meta_surrogate(pol, q, batch), theta)[1]
+        assert rel(fast.loss_and_grad(theta)[1], ref_at_theta) < 1e-10

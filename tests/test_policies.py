@@ -140,3 +140,88 @@ def test_bad_constructor_arguments() -> None:
         GaussianMLPPolicy(obs_dim=2, act_dim=2, activation="gelu")
     with pytest.raises(ValueError, match="num_actions"):
         CategoricalMLPPolicy(obs_dim=2, num_actions=1)
+
+
+# ------------------------------------------------ task-batched calculus against autograd
+
+
+def task_batched(pol: GaussianMLPPolicy, k: int, seed: int) -> Params:
+    """``k`` different weight sets of ``pol`` stacked on a leading task axis (float64)."""
+    base = pol.init_params(torch.Generator().manual_seed(seed), dtype=D)
+    gen = torch.Generator().manual_seed(seed + 1)
+    return {
+        name: v + 0.3 * torch.randn((k, *v.shape), generator=gen, dtype=D)
+        for name, v in base.items()
+    }
+
+
+def random_like(params: Params, seed: int) -> Params:
+    gen = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(v.shape, generator=gen, dtype=D) for k, v in params.items()}
+
+
+def body_out(pol: GaussianMLPPolicy, obs: torch.Tensor, params: Params) -> torch.Tensor:
+    return torch.func.vmap(pol.body)(params, obs)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_body_calculus_matches_torch_func(activation: str) -> None:
+    pol = GaussianMLPPolicy(obs_dim=3, act_dim=2, hidden_sizes=(6, 5), activation=activation)
+    params = pol.body_params(task_batched(pol, 4, seed=0))
+    gen = torch.Generator().manual_seed(9)
+    obs = torch.randn(4, 7, 3, generator=gen, dtype=D)
+    out_cot, out_cot_t = (torch.randn(4, 7, 2, generator=gen, dtype=D) for _ in range(2))
+    tangent = random_like(params, seed=3)
+    trace = pol.body_trace(params, obs)
+    torch.testing.assert_close(trace.output, body_out(pol, obs, params))
+    # backward pass against autograd's vjp
+    vjp_fn = torch.func.vjp(lambda p: body_out(pol, obs, p), params)[1]
+    cot = pol.body_vjp(params, trace, out_cot)
+    for name, g in vjp_fn(out_cot)[0].items():
+        torch.testing.assert_close(cot.grads[name], g)
+    # forward mode against torch.func.jvp
+    tan = pol.body_jvp(params, trace, tangent)
+    expected_t = torch.func.jvp(lambda p: body_out(pol, obs, p), (params,), (tangent,))[1]
+    torch.testing.assert_close(tan.output, expected_t)
+
+    # R-operator: the tangent of the backward pass, by forward-over-reverse autodiff
+    def grads_of(p: Params, c: torch.Tensor) -> Params:
+        grads: Params = torch.func.vjp(lambda q: body_out(pol, obs, q), p)[1](c)[0]
+        return grads
+
+    expected: Params = torch.func.jvp(grads_of, (params, out_cot), (tangent, out_cot_t))[1]
+    got = pol.body_vjp_tangent(params, trace, cot, tangent, tan, out_cot_t)
+    for name, g in expected.items():
+        torch.testing.assert_close(got[name], g)
+    assert float(expected["mlp.0.weight"].norm()) > 1e-3  # second-order terms reach layer 0
+
+
+def test_low_rank_calculus_matches_general_one() -> None:
+    pol = GaussianMLPPolicy(obs_dim=2, act_dim=2, hidden_sizes=(9, 8))
+    assert pol.supports_low_rank()
+    params = task_batched(pol, 3, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    obs = torch.randn(3, 11, 2, generator=gen, dtype=D)
+    out_cot, out_cot_t = (torch.randn(3, 11, 2, generator=gen, dtype=D) for _ in range(2))
+    tangent = random_like(params, seed=4)
+    trace = pol.body_trace(params, obs)
+    cot = pol.body_vjp(params, trace, out_cot)
+    jac = pol.output_jacobian(params, trace)
+    tan = pol.body_jvp(params, trace, tangent)
+    out_t, p = pol.low_rank_jvp(params, trace, jac, tangent)
+    torch.testing.assert_close(out_t, tan.output)
+    for name, g in pol.low_rank_vjp(params, trace, jac, out_cot).items():
+        torch.testing.assert_close(g, cot.grads[name])
+    moments = pol.relu_moments(params, trace, cot)
+    got = pol.low_rank_vjp_tangent(params, trace, cot, moments, tangent, p, out_cot_t)
+    expected = pol.body_vjp_tangent(params, trace, cot, tangent, tan, out_cot_t)
+    assert got.keys() == expected.keys()
+    for name, g in expected.items():
+        torch.testing.assert_close(got[name], g)
+
+
+def test_supports_low_rank_only_for_small_two_layer_relu_bodies() -> None:
+    assert GaussianMLPPolicy(obs_dim=2, act_dim=2).supports_low_rank()
+    assert not GaussianMLPPolicy(obs_dim=2, act_dim=2, activation="tanh").supports_low_rank()
+    assert not GaussianMLPPolicy(obs_dim=2, act_dim=2, hidden_sizes=(8,)).supports_low_rank()
+    assert not GaussianMLPPolicy(obs_dim=20, act_dim=6).supports_low_rank()  # half-cheetah

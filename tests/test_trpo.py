@@ -6,6 +6,8 @@ from torch import Tensor
 
 from metarl.policies import GaussianMLPPolicy, Params
 from metarl.trpo import (
+    HVP_METHODS,
+    Derivatives,
     backtracking_line_search,
     conjugate_gradient,
     flatten_params,
@@ -197,5 +199,52 @@ def test_trpo_step_bad_settings() -> None:
     params, c, _, _ = quadratic_problem()
     with pytest.raises(ValueError, match="max_kl"):
         trpo_step(params, lambda p: c @ p["x"], lambda p: c @ p["x"], max_kl=0.0)
-    with pytest.raises(ValueError, match="hvp"):
+    with pytest.raises(ValueError, match="hvp must be one of finite_difference, exact, gauss"):
         trpo_step(params, lambda p: c @ p["x"], lambda p: c @ p["x"], hvp="bogus")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"gauss_newton.*needs a Gauss-Newton product"):
+        trpo_step(params, lambda p: c @ p["x"], lambda p: c @ p["x"], hvp="gauss_newton")
+
+
+def test_trpo_step_uses_the_given_derivatives() -> None:
+    params, c, metric, theta0 = quadratic_problem()
+    calls: dict[str, int] = {"loss_grad": 0, "kl_grad": 0, "gauss_newton": 0}
+
+    def kl_fn(p: Params) -> Tensor:
+        return 0.5 * (p["x"] - theta0) @ metric @ (p["x"] - theta0)
+
+    def loss_grad(p: Params) -> tuple[Tensor, Tensor]:
+        calls["loss_grad"] += 1
+        return c @ p["x"], c
+
+    def kl_grad(p: Params) -> Tensor:
+        calls["kl_grad"] += 1
+        return metric @ (p["x"] - theta0)
+
+    def gauss_newton(v: Tensor) -> Tensor:
+        calls["gauss_newton"] += 1
+        return metric @ v
+
+    d = Derivatives(loss_grad=loss_grad, kl_grad=kl_grad, gauss_newton=gauss_newton)
+    never = lambda p: torch.tensor(float("nan"), dtype=D)  # noqa: E731 (autograd must not run)
+    results = {}
+    for hvp in ("finite_difference", "gauss_newton"):
+        new, stats = trpo_step(
+            params, never, kl_fn, hvp=hvp, damping=0.0, derivatives=d,
+            loss_kl_fn=lambda p: (c @ p["x"], kl_fn(p)),
+        )  # fmt: skip
+        assert stats.step_accepted and stats.kl_after == pytest.approx(0.01, rel=1e-6)
+        results[hvp] = new["x"]
+    assert calls["loss_grad"] == 2 and calls["gauss_newton"] >= 1 and calls["kl_grad"] >= 2
+    # the KL model is exactly quadratic: both products are exact, so are the steps
+    direction = -torch.linalg.solve(metric, c)
+    for x in results.values():
+        cos = torch.nn.functional.cosine_similarity(x - theta0, direction, dim=0)
+        assert float(cos) > 1 - 1e-9
+
+
+def test_hvp_methods_are_the_configs_choices() -> None:
+    import typing
+
+    from metarl.config import TRPOConfig
+
+    assert set(typing.get_args(typing.get_type_hints(TRPOConfig)["hvp"])) == set(HVP_METHODS)

@@ -1,0 +1,270 @@
+"""Seconds per MAML-TRPO meta-iteration at the paper's size, per Hessian-vector product method;
+the accuracy of those products; and the HalfCheetahVel sampling rate.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/maml_trpo_speed.py [--iters 3]
+        [--methods finite_difference exact gauss_newton] [--skip-cheetah] [--skip-accuracy]
+        [--tune-malloc]
+
+1. Navigation2D, 20 tasks x 20 episodes x horizon 100 (40,000 train and 40,000 valid steps),
+   Gaussian MLP 2-100-100-2 ReLU, one inner VPG step, second order: ``MAMLTRPOLearner.step``
+   after one warm-up iteration, median over ``--iters`` of the wall seconds of sampling,
+   adaptation and TRPO (and of the whole iteration, wall and CPU), per ``trpo.hvp`` method.
+   Each method trains from the same seed, so the iterations see the same first batch.
+2. Accuracy on real Navigation2D meta-batches (``--accuracy-at``: after that many training
+   iterations; 0 is the initialisation, the hardest case for finite differences): each
+   method's product against exact double backprop at theta_old, on the gradient (the first
+   vector conjugate gradient multiplies) and on all ten conjugate-gradient vectors of the
+   exact solve (cosine, and minimum cosine), and the cosine of the solved step direction.
+   ``finite_difference`` is shown at the default ``fd_base_eps`` and at the paper's 1e-5.
+3. HalfCheetahVel, 40 tasks x 20 episodes x horizon 200 on the ``processes`` sampler with two
+   workers: env steps per second of one ``Sampler.sample`` call (after a warm-up call), beside
+   raw ``HalfCheetah-v5`` stepping (single env, random actions) in the same run, and the ratio
+   to twice the raw single-core rate.
+
+``--tune-malloc`` raises glibc's trim threshold and top pad (``mallopt``) before anything runs,
+so that freed 16 MB activations are reused instead of returned to the kernel and faulted in
+again; compare a run with and without it. The last line printed is one JSON object with all
+figures.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse
+import contextlib
+import ctypes
+import functools
+import json
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor
+
+from metarl.config import load_config
+from metarl.maml_rl import MetaBatch, MetaDerivatives, adapt_tasks, adapted_stats, meta_kl
+from metarl.rl import MAMLTRPOLearner, make_policy, task_env
+from metarl.rngs import Rngs
+from metarl.sampler import Sampler, make_env
+from metarl.trpo import conjugate_gradient, exact_hvp_closure, hvp_finite_difference
+
+METHODS = ("finite_difference", "exact", "gauss_newton")
+NAV = ["kind=rl", "env.id=metarl/Navigation2D-v0", "env.horizon=100", "meta_batch_size=20"]
+NAV += ["episodes_per_task=20", "inner.steps=1", "inner.first_order=false"]
+
+
+def tune_malloc() -> None:
+    """Keep freed heap memory for reuse (glibc ``mallopt``; no effect elsewhere)."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+    libc.mallopt(-2, 256 << 20)  # M_TOP_PAD
+    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (the most glibc allows)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ------------------------------------------------------------------------- 1. speed
+
+
+def time_method(hvp: str, iters: int, seed: int) -> dict[str, float]:
+    """Median seconds per meta-iteration (and its parts) of ``iters`` iterations after one
+    warm-up iteration, training with ``trpo.hvp=hvp``."""
+    config = load_config(None, [*NAV, f"trpo.hvp={hvp}", f"seed={seed}"])
+    rngs = Rngs.from_seed(seed)
+    learner = MAMLTRPOLearner(config, rngs)
+    runs: list[dict[str, float]] = []
+    try:
+        for i in range(iters + 1):
+            wall, cpu = time.perf_counter(), time.process_time()
+            stats = learner.step(rngs)
+            stats["time/total_s"] = time.perf_counter() - wall
+            stats["time/cpu_s"] = time.process_time() - cpu
+            if i > 0:
+                runs.append(stats)
+    finally:
+        learner.close()
+    keys = ("sample_s", "adapt_s", "trpo_s", "total_s", "cpu_s")
+    out = {f"{hvp}/{k}": statistics.median(r[f"time/{k}"] for r in runs) for k in keys}
+    out[f"{hvp}/backtracks"] = statistics.median(r["trpo/backtracks"] for r in runs)
+    out[f"{hvp}/accepted"] = sum(r["trpo/step_accepted"] for r in runs) / len(runs)
+    out[f"{hvp}/peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+# ---------------------------------------------------------------------- 2. accuracy
+
+
+def meta_batch(learner: MAMLTRPOLearner, rngs: Rngs) -> MetaBatch:
+    """One meta-batch sampled as ``MAMLTRPOLearner.step`` samples it, at its weights."""
+    config = learner.config
+    tasks = learner.tasks.sample_tasks(config.meta_batch_size, rngs.numpy)
+    seeds = rngs.numpy.integers(0, 2**31 - 1, size=2)
+    policy, params, sampler = learner.policy, learner.params, learner.sampler
+    train = sampler.sample(policy, params, tasks, generator=rngs.torch, seed=int(seeds[0]))
+    train_adv = learner.advantages(train)
+    adapted = adapt_tasks(policy, params, train, train_adv, learner.inner)
+    valid = sampler.sample(
+        policy, adapted, tasks, generator=rngs.torch, seed=int(seeds[1]), per_task_params=True
+    )
+    return MetaBatch(train, train_adv, valid, learner.advantages(valid), learner.inner)
+
+
+def cosine(a: Tensor, b: Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
+
+
+def compare(
+    hvp: Callable[[Tensor], Tensor], exact: list[Tensor], vectors: list[Tensor], g: Tensor,
+    x_exact: Tensor,
+) -> dict[str, float]:  # fmt: skip
+    """Cosines of ``hvp`` to the exact products on the exact solve's CG vectors, and of the
+    step direction its own CG solve finds to the exact one."""
+    cosines = [cosine(hvp(v), e) for v, e in zip(vectors, exact, strict=True)]
+    x = conjugate_gradient(hvp, g, iters=len(vectors))
+    return {"cos_grad": cosines[0], "min_cos_cg": min(cosines), "cos_step": cosine(x, x_exact)}
+
+
+def accuracy_at(iteration: int, fd_eps: list[float], seed: int) -> dict[str, float]:
+    """HVP accuracy at theta_old on the meta-batch of training iteration ``iteration``."""
+    config = load_config(None, [*NAV, "trpo.hvp=gauss_newton", f"seed={seed}"])
+    rngs = Rngs.from_seed(seed)
+    learner = MAMLTRPOLearner(config, rngs)
+    try:
+        for _ in range(iteration):
+            learner.step(rngs)
+        batch = meta_batch(learner, rngs)
+    finally:
+        learner.close()
+    policy, theta, damping = learner.policy, learner.params, config.trpo.damping
+    old = adapted_stats(policy, theta, batch)
+    exact_fn = exact_hvp_closure(lambda p: meta_kl(policy, p, batch, old), theta, damping=damping)
+    fast = MetaDerivatives(policy, theta, batch, gauss_newton=True)
+    g = fast.loss_and_grad(theta)[1]
+    vectors: list[Tensor] = []
+    exact: list[Tensor] = []
+
+    def record(v: Tensor) -> Tensor:
+        vectors.append(v.clone())
+        exact.append(exact_fn(v))
+        return exact[-1]
+
+    x_exact = conjugate_gradient(record, g, iters=config.trpo.cg_iters)
+    methods: dict[str, Callable[[Tensor], Tensor]] = {
+        "gauss_newton": lambda v: fast.gauss_newton_hvp(v) + damping * v
+    }
+    for eps in fd_eps:
+        methods[f"finite_difference@{eps:g}"] = functools.partial(
+            hvp_finite_difference, fast.kl_grad, theta, base_eps=eps, damping=damping
+        )
+    out: dict[str, float] = {}
+    for name, fn in methods.items():
+        for key, value in compare(fn, exact, vectors, g, x_exact).items():
+            out[f"accuracy_it{iteration}/{name}/{key}"] = value
+    return out
+
+
+# ----------------------------------------------------------------------- 3. sampling
+
+
+def raw_cheetah_rate(seconds: float) -> float:
+    """Steps per second of one ``HalfCheetah-v5`` with uniform random actions."""
+    env = gym.make("HalfCheetah-v5")
+    env.reset(seed=0)
+    space = env.action_space
+    assert isinstance(space, gym.spaces.Box)
+    actions = np.random.default_rng(0).uniform(space.low, space.high, (1000, *space.shape))
+    steps, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        for a in actions[:100]:
+            _, _, terminated, truncated, _ = env.step(a.astype(space.dtype))
+            if terminated or truncated:
+                env.reset()
+        steps += 100
+    env.close()
+    return steps / elapsed
+
+
+def cheetah_figures(seconds: float, seed: int) -> dict[str, float]:
+    overrides = ["kind=rl", "env.id=metarl/HalfCheetahVel-v0", "env.horizon=200"]
+    overrides += ["meta_batch_size=40", "episodes_per_task=20", "sampler.backend=processes"]
+    config = load_config(None, [*overrides, "sampler.num_workers=2"])
+    env = make_env(config.env.id)
+    policy = make_policy(config, env)
+    params = policy.init_params(torch.Generator().manual_seed(seed))
+    tasks = task_env(env, config.env.id).sample_tasks(40, np.random.default_rng(seed))
+    generator = torch.Generator().manual_seed(seed)
+    with Sampler(
+        env_id=config.env.id, num_tasks=40, episodes_per_task=20, horizon=200,
+        backend="processes", num_workers=2,
+    ) as sampler:  # fmt: skip
+        sampler.sample(policy, params, tasks, generator=generator, seed=seed)
+        start = time.perf_counter()
+        batch = sampler.sample(policy, params, tasks, generator=generator, seed=seed + 1)
+        elapsed = time.perf_counter() - start
+    env.close()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+        raw = raw_cheetah_rate(seconds)
+    rate = float(batch.mask.sum()) / elapsed
+    return {
+        "cheetah/sample_s": elapsed,
+        "cheetah/steps_per_s": rate,
+        "cheetah/raw_single_steps_per_s": raw,
+        "cheetah/ratio_to_2x_raw": rate / (2.0 * raw),
+    }
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def report(figures: dict[str, Any]) -> None:
+    for key, value in figures.items():
+        print(f"{key:55s} {value:12.4f}" if isinstance(value, float) else f"{key:55s} {value}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=3, help="timed iterations per method")
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--accuracy-at", type=int, nargs="*", default=[0, 3])
+    parser.add_argument("--fd-eps", type=float, nargs="*", default=None, help="default, 1e-5")
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-cheetah", action="store_true")
+    parser.add_argument("--seconds", type=float, default=2.0, help="raw cheetah stepping")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tune-malloc", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.tune_malloc:
+        tune_malloc()
+    figures: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
+    figures["malloc_tuned"] = args.tune_malloc
+    for hvp in args.methods:  # gauss_newton's peak memory first would need its own process
+        figures.update(time_method(hvp, args.iters, args.seed))
+        report({k: v for k, v in figures.items() if k.startswith(hvp)})
+    if not args.skip_accuracy:
+        default_eps = load_config(None, ["kind=rl"]).trpo.fd_base_eps
+        fd_eps = args.fd_eps if args.fd_eps is not None else [default_eps, 1e-5]
+        for iteration in args.accuracy_at:
+            acc = accuracy_at(iteration, fd_eps, args.seed)
+            report(acc)
+            figures.update(acc)
+    if not args.skip_cheetah:
+        cheetah = cheetah_figures(args.seconds, args.seed)
+        report(cheetah)
+        figures.update(cheetah)
+    print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in figures.items()}))
+
+
+if __name__ == "__main__":
+    main()
