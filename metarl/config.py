@@ -369,7 +369,7 @@ CONFIG_KINDS: dict[str, type[Any]] = {
 }
 """Top-level config class for each ``kind``."""
 
-DEFAULT_KIND = "sinusoid"
+DEFAULT_KIND = "rl"
 
 
 # --------------------------------------------------------------------------- docs

@@ -144,3 +144,25 @@ def test_a_config_file_extends_its_base(tmp_path: Path) -> None:
     (tmp_path / "d.yaml").write_text("base: missing.yaml\n")
     with pytest.raises(ConfigError, match=r"missing\.yaml' does not exist"):
         load_config(tmp_path / "d.yaml")
+
+
+def test_built_in_default_is_maml_trpo_on_navigation_with_the_papers_settings() -> None:
+    cfg = load_config(None)
+    assert (cfg.kind, cfg.method, cfg.env.id, cfg.env.horizon) == (
+        "rl",
+        "maml",
+        "metarl/Navigation2D-v0",
+        100,
+    )
+    assert (cfg.meta_batch_size, cfg.episodes_per_task, cfg.inner.lr, cfg.inner.steps) == (
+        20,
+        20,
+        0.1,
+        1,
+    )
+    assert (cfg.trpo.max_kl, cfg.trpo.cg_iters, cfg.trpo.hvp) == (0.01, 10, "finite_difference")
+    assert (cfg.policy.hidden_sizes, cfg.gamma, cfg.gae_lambda) == ((100, 100), 0.99, 1.0)
+    assert config_from_dict(config_to_dict(cfg)) == load_config(
+        Path(__file__).parent.parent / "experiments" / "configs" / "navigation2d.yaml",
+        ["eval.lr=null"],
+    )

@@ -104,7 +104,14 @@ def test_short_meta_training_makes_adaptation_pay_off() -> None:
 
 def test_evaluation_uses_the_same_held_out_tasks_for_every_method() -> None:
     cfg = load_config(
-        None, ["model.hidden_sizes=[8]", "eval.num_tasks=20", "eval.max_steps=2", "eval.shots=[5]"]
+        None,
+        [
+            "kind=sinusoid",
+            "model.hidden_sizes=[8]",
+            "eval.num_tasks=20",
+            "eval.max_steps=2",
+            "eval.shots=[5]",
+        ],
     )
     params = SinusoidLearner(cfg, Rngs.from_seed(0)).weights()
     rows = evaluate_sinusoid([(cfg, params), (cfg, params)], cfg.eval)
