@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = load_config(None)
+    cfg = load_config(None, ["kind=sinusoid"])
     rngs = Rngs.from_seed(0)
     learner = SinusoidLearner(cfg, rngs)
     vmapped = time_ms(lambda: learner.step(rngs), warmup=20, iters=args.iters, repeats=args.repeats)

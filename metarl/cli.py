@@ -124,7 +124,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
         path = d / PROGRESS
         if not path.is_file():
             raise CheckpointError(f"{str(d)!r} holds no {PROGRESS}; is it a run directory?")
-        runs[str(d)] = read_rows(path)
+        runs[d.name or str(d)] = read_rows(path)
     columns = [k for rows in runs.values() for k in (rows[0] if rows else {})]
     available = [k for k in dict.fromkeys(columns) if k != "iteration"]
     keys = [k for k in args.keys.split(",") if k] or _default_keys(args.run_dirs[0], available)
