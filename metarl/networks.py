@@ -11,6 +11,9 @@ from torch.nn import functional as F
 
 Params = dict[str, Tensor]
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+"""The torch dtype of each config ``dtype`` value."""
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 

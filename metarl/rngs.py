@@ -27,3 +27,13 @@ class Rngs:
     def restore(self, state: dict[str, Any]) -> None:
         self.torch.set_state(state["torch"])
         self.numpy.bit_generator.state = state["numpy"]
+
+
+def held_out_generator(*keys: int) -> torch.Generator:
+    """A torch generator for a held-out (evaluation) stream named by ``keys``.
+
+    Seeded through ``SeedSequence(keys)``, so it never equals a training stream, which is
+    seeded with a plain integer (:meth:`Rngs.from_seed`).
+    """
+    state = np.random.SeedSequence(list(keys)).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))

@@ -15,7 +15,6 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -23,7 +22,8 @@ from torch.nn import functional as F
 from metarl.adaptation import Params, adapt
 from metarl.config import ConfigError, InnerLoopConfig, OmniglotConfig, OmniglotEvalConfig
 from metarl.evaluation import curve_rows
-from metarl.rngs import Rngs
+from metarl.networks import DTYPES
+from metarl.rngs import Rngs, held_out_generator
 from metarl.supervised.convnet import ConvNet, init_convnet_params, output_size
 from metarl.supervised.omniglot_data import (
     IMAGE_SIZE,
@@ -36,7 +36,6 @@ from metarl.supervised.omniglot_data import (
     split_pools,
 )
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EVAL_STREAM = 0x0A1C  # mixes held-out task streams apart from training streams
 EVAL_CHUNK = 50  # held-out tasks drawn and scored at a time (bounds the memory)
 
@@ -248,8 +247,7 @@ def accuracy_curve(
 
 def eval_generator(seed: int, ways: int, shots: int) -> torch.Generator:
     """The held-out task stream for N-way K-shot: derived so it never equals a training stream."""
-    state = np.random.SeedSequence([EVAL_STREAM, seed, ways, shots]).generate_state(2, np.uint64)
-    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+    return held_out_generator(EVAL_STREAM, seed, ways, shots)
 
 
 def method_name(config: OmniglotConfig) -> str:

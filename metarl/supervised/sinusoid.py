@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -23,10 +22,9 @@ from metarl.config import (
     SinusoidTaskConfig,
 )
 from metarl.evaluation import curve_rows
-from metarl.networks import MLP, apply, init_params
-from metarl.rngs import Rngs
+from metarl.networks import DTYPES, MLP, apply, init_params
+from metarl.rngs import Rngs, held_out_generator
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 EVAL_STREAM = 0x5E1D  # mixes held-out task streams apart from training streams
 
 
@@ -193,8 +191,7 @@ class SinusoidLearner:
 
 def eval_generator(seed: int, shots: int) -> torch.Generator:
     """The held-out task stream for ``shots``: derived so it never equals a training stream."""
-    state = np.random.SeedSequence([EVAL_STREAM, seed, shots]).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+    return held_out_generator(EVAL_STREAM, seed, shots)
 
 
 def evaluate_sinusoid(
