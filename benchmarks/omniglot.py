@@ -43,7 +43,6 @@ from metarl.supervised.omniglot import (
     evaluate_omniglot,
     maml_losses,
 )
-from metarl.supervised.omniglot_data import FewShotBatch, sample_tasks
 
 CONFIG = "experiments/configs/omniglot_5way1shot.yaml"
 Step = Callable[[Rngs], object]
@@ -64,7 +63,7 @@ def full_vmap_step(learner: OmniglotLearner) -> Step:
         return cross_entropy(model, adapted, xq, yq, fused_bn=False)
 
     def step(rngs: Rngs) -> None:
-        batch = _batch(learner, rngs)
+        batch = learner.sample_batch(rngs)
         learner.optimizer.zero_grad(set_to_none=True)
         losses = torch.func.vmap(task_loss)(
             batch.x_support, batch.y_support, batch.x_query, batch.y_query
@@ -80,7 +79,7 @@ def channels_last_step(learner: OmniglotLearner) -> Step:
     cfg = learner.config
 
     def step(rngs: Rngs) -> None:
-        batch = _batch(learner, rngs)
+        batch = learner.sample_batch(rngs)
         learner.optimizer.zero_grad(set_to_none=True)
         params = {
             k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
@@ -91,18 +90,6 @@ def channels_last_step(learner: OmniglotLearner) -> Step:
         learner.optimizer.step()
 
     return step
-
-
-def _batch(learner: OmniglotLearner, rngs: Rngs) -> FewShotBatch:
-    cfg = learner.config
-    return sample_tasks(
-        learner.train_pool,
-        num_tasks=cfg.meta_batch_size,
-        ways=cfg.task.ways,
-        shots=cfg.task.shots,
-        query=cfg.task.query,
-        generator=rngs.torch,
-    )
 
 
 def time_variants(base: OmniglotConfig, rounds: int) -> dict[str, float]:

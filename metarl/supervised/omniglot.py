@@ -162,10 +162,10 @@ class OmniglotLearner:
         }
         self.optimizer = torch.optim.Adam(self.params.values(), lr=config.meta_lr)
 
-    def step(self, rngs: Rngs) -> dict[str, float]:
-        """One outer iteration on a fresh meta-batch; returns its statistics."""
+    def sample_batch(self, rngs: Rngs) -> FewShotBatch:
+        """A fresh meta-batch of training tasks."""
         cfg = self.config
-        batch = sample_tasks(
+        return sample_tasks(
             self.train_pool,
             num_tasks=cfg.meta_batch_size,
             ways=cfg.task.ways,
@@ -174,6 +174,11 @@ class OmniglotLearner:
             generator=rngs.torch,
             dtype=self.dtype,
         )
+
+    def step(self, rngs: Rngs) -> dict[str, float]:
+        """One outer iteration on a fresh meta-batch; returns its statistics."""
+        cfg = self.config
+        batch = self.sample_batch(rngs)
         self.optimizer.zero_grad(set_to_none=True)
         losses, accuracies = maml_losses(
             self.model, self.params, batch, cfg.inner, vectorize=cfg.vectorize_inner
