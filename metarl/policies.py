@@ -154,6 +154,17 @@ def _first_layer_sums(jac: OutputJacobian, out_cot: Tensor) -> Tensor:
     return torch.bmm(left.reshape(k, c, -1), jac.qt.transpose(1, 2)).transpose(1, 2)
 
 
+@dataclass(frozen=True)
+class PolicySpec:
+    """A policy class and its constructor arguments: small, picklable, rebuilt by :meth:`build`."""
+
+    cls: type[MLPPolicy]
+    kwargs: dict[str, object]
+
+    def build(self) -> MLPPolicy:
+        return self.cls(**self.kwargs)  # type: ignore[arg-type]
+
+
 class MLPPolicy(nn.Module):
     """Shared MLP body: ``obs -> hidden layers (activation) -> linear head of size out_dim``.
 
@@ -483,11 +494,27 @@ class MLPPolicy(nn.Module):
         """Closed-form entropy per observation, shape ``[...]``."""
         raise NotImplementedError
 
+    def spec(self) -> PolicySpec:
+        """What rebuilds this architecture elsewhere (e.g. in a sampler worker): weights travel
+        separately, as ``params``."""
+        raise NotImplementedError
+
+    def draw_noise(self, batch_shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+        """The randomness of ``batch_shape`` action draws, for :meth:`act_from_stats`: drawn
+        apart from the policy's outputs, so a sampler can draw a whole rollout's noise at once
+        and any split of the sub-envs over workers acts identically."""
+        raise NotImplementedError
+
+    def act_from_stats(self, stats: DistStats, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """Actions (and their log-probabilities) from ``stats`` and :meth:`draw_noise`'s noise."""
+        raise NotImplementedError
+
     def sample_from_stats(
         self, stats: DistStats, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
         """Draw actions from ``stats``; returns ``(actions, log_probs)``."""
-        raise NotImplementedError
+        batch_shape = next(iter(stats.values())).shape[:-1]
+        return self.act_from_stats(stats, self.draw_noise(tuple(batch_shape), generator))
 
     # Functional API on weights.
 
@@ -526,6 +553,19 @@ class MLPPolicy(nn.Module):
         with torch.no_grad():
             stats = torch.func.vmap(self.dist_stats)(task_params, obs)
             return self.sample_from_stats(stats, generator)
+
+    def act(self, params: Params, obs: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`sample` with given noise (from :meth:`draw_noise`, batch shape of ``obs``)."""
+        with torch.no_grad():
+            return self.act_from_stats(self.dist_stats(params, obs), noise)
+
+    def act_per_task(
+        self, task_params: Params, obs: Tensor, noise: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`sample_per_task` with given noise (batch shape ``[K, E]``)."""
+        with torch.no_grad():
+            stats = torch.func.vmap(self.dist_stats)(task_params, obs)
+            return self.act_from_stats(stats, noise)
 
 
 class GaussianMLPPolicy(MLPPolicy):
@@ -575,12 +615,26 @@ class GaussianMLPPolicy(MLPPolicy):
         log_std = stats["log_std"]
         return (log_std + 0.5 * (1.0 + _LOG_2PI)).sum(-1)
 
-    def sample_from_stats(
-        self, stats: DistStats, generator: torch.Generator
-    ) -> tuple[Tensor, Tensor]:
-        """``a = mu + sigma * eps``, ``eps ~ N(0, I)``; log-prob from ``eps`` directly."""
+    def spec(self) -> PolicySpec:
+        return PolicySpec(
+            GaussianMLPPolicy,
+            {
+                "obs_dim": self.obs_dim,
+                "act_dim": self.act_dim,
+                "hidden_sizes": self.hidden_sizes,
+                "activation": self.activation,
+                "init_log_std": self.init_log_std,
+            },
+        )
+
+    def draw_noise(self, batch_shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+        """``eps ~ N(0, I)``, ``[*batch_shape, act_dim]``."""
+        return torch.randn((*batch_shape, self.act_dim), generator=generator)
+
+    def act_from_stats(self, stats: DistStats, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """``a = mu + sigma * eps``; log-prob from ``eps`` directly."""
         mean, log_std = stats["mean"], stats["log_std"]
-        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        eps = noise.to(mean.dtype)
         actions = mean + torch.exp(log_std) * eps
         log_probs = -0.5 * (eps * eps).sum(-1) - log_std.sum(-1) - 0.5 * mean.shape[-1] * _LOG_2PI
         return actions, log_probs
@@ -624,11 +678,25 @@ class CategoricalMLPPolicy(MLPPolicy):
         lp = stats["log_probs"]
         return -(torch.exp(lp) * lp).sum(-1)
 
-    def sample_from_stats(
-        self, stats: DistStats, generator: torch.Generator
-    ) -> tuple[Tensor, Tensor]:
-        """Draw with ``torch.multinomial`` from ``p = exp(log_probs)``."""
+    def spec(self) -> PolicySpec:
+        return PolicySpec(
+            CategoricalMLPPolicy,
+            {
+                "obs_dim": self.obs_dim,
+                "num_actions": self.num_actions,
+                "hidden_sizes": self.hidden_sizes,
+                "activation": self.activation,
+            },
+        )
+
+    def draw_noise(self, batch_shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+        """``u ~ U[0, 1)``, ``[*batch_shape]``."""
+        return torch.rand(batch_shape, generator=generator)
+
+    def act_from_stats(self, stats: DistStats, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """Inverse-CDF draw: the first action whose cumulative probability exceeds ``u``."""
         lp = stats["log_probs"]
-        flat = torch.exp(lp.reshape(-1, lp.shape[-1]))
-        actions = torch.multinomial(flat, 1, generator=generator).reshape(lp.shape[:-1])
+        cdf = torch.cumsum(torch.exp(lp), dim=-1)
+        u = noise.to(cdf.dtype).unsqueeze(-1) * cdf[..., -1:]  # cdf[-1] is 1 up to rounding
+        actions = (cdf <= u).sum(-1).clamp(max=self.num_actions - 1)
         return actions, self.log_prob_from_stats(stats, actions)

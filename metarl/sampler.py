@@ -76,6 +76,31 @@ def make_vector_env(
     return SerialVectorEnv(fns)
 
 
+@dataclass(frozen=True)
+class RolloutDraws:
+    """All the randomness of one :meth:`Sampler.sample` call, drawn before any env steps:
+    a reset seed per sub-env and the action noise of every step (``[horizon, num_envs, ...]``,
+    from :meth:`MLPPolicy.draw_noise`). Sub-env ``n`` uses ``reset_seeds[n]`` and
+    ``noise[:, n]`` whoever steps it, so every split of the sub-envs gives the same episodes."""
+
+    reset_seeds: tuple[int, ...]
+    noise: Tensor
+
+    @staticmethod
+    def draw(
+        policy: MLPPolicy, num_envs: int, horizon: int, generator: torch.Generator, seed: int
+    ) -> RolloutDraws:
+        seeds = np.random.SeedSequence(seed).generate_state(num_envs).tolist()
+        return RolloutDraws(
+            reset_seeds=tuple(int(s) % (2**31) for s in seeds),
+            noise=policy.draw_noise((horizon, num_envs), generator),
+        )
+
+    def slice(self, start: int, stop: int) -> RolloutDraws:
+        """The draws of sub-envs ``[start, stop)``."""
+        return RolloutDraws(self.reset_seeds[start:stop], self.noise[:, start:stop].clone())
+
+
 @dataclass
 class _Buffers:
     obs: np.ndarray
@@ -141,34 +166,49 @@ class Sampler:
         """
         if len(tasks) != self.num_tasks:
             raise ValueError(f"Sampler built for {self.num_tasks} tasks, got {len(tasks)}")
-        per_env = [t for t in tasks for _ in range(self.episodes_per_task)]
-        self.envs.set_attr("task", per_env)  # type: ignore[attr-defined]
-        seeds = np.random.SeedSequence(seed).generate_state(self.num_envs).tolist()
-        reset_seeds: Any = [int(s) % (2**31) for s in seeds]  # one per sub-env
-        obs, _ = self.envs.reset(seed=reset_seeds)
-        return self._rollout(policy, params, np.asarray(obs), generator, per_task_params)
+        draws = RolloutDraws.draw(policy, self.num_envs, self.horizon, generator, seed)
+        return self.rollout(policy, params, tasks, draws, per_task_params=per_task_params)
 
-    def _act(
+    def rollout(
         self,
         policy: MLPPolicy,
         params: Params,
-        obs: np.ndarray,
-        generator: torch.Generator,
-        per_task: bool,
+        tasks: Sequence[Any],
+        draws: RolloutDraws,
+        *,
+        per_task_params: bool = False,
+    ) -> EpisodeBatch:
+        """:meth:`sample` with its randomness given: the episodes are a function of the
+        arguments alone (what a remote worker runs on its slice of tasks)."""
+        if len(tasks) != self.num_tasks or len(draws.reset_seeds) != self.num_envs:
+            raise ValueError(
+                f"Sampler built for {self.num_tasks} tasks x {self.episodes_per_task} episodes, "
+                f"got {len(tasks)} tasks and {len(draws.reset_seeds)} reset seeds"
+            )
+        per_env = [t for t in tasks for _ in range(self.episodes_per_task)]
+        self.envs.set_attr("task", per_env)  # type: ignore[attr-defined]
+        obs, _ = self.envs.reset(seed=list(draws.reset_seeds))
+        return self._rollout(policy, params, np.asarray(obs), draws.noise, per_task_params)
+
+    def _act(
+        self, policy: MLPPolicy, params: Params, obs: np.ndarray, noise: Tensor, per_task: bool
     ) -> tuple[Tensor, Tensor]:
         x = torch.as_tensor(obs, dtype=torch.float32)
         if per_task:
-            x = x.reshape(self.num_tasks, self.episodes_per_task, -1)
-            actions, log_probs = policy.sample_per_task(params, x, generator)
+            k, e = self.num_tasks, self.episodes_per_task
+            x = x.reshape(k, e, -1)
+            actions, log_probs = policy.act_per_task(
+                params, x, noise.reshape(k, e, *noise.shape[1:])
+            )
             return actions.flatten(0, 1), log_probs.flatten(0, 1)
-        return policy.sample(params, x, generator)
+        return policy.act(params, x, noise)
 
     def _rollout(
         self,
         policy: MLPPolicy,
         params: Params,
         obs: np.ndarray,
-        generator: torch.Generator,
+        noise: Tensor,
         per_task: bool,
     ) -> EpisodeBatch:
         n, h = self.num_envs, self.horizon
@@ -179,7 +219,7 @@ class Sampler:
         truncated = np.zeros(n, dtype=bool)
         last_obs = np.zeros_like(obs, dtype=np.float32)
         for t in range(h):
-            actions, log_probs = self._act(policy, params, obs, generator, per_task)
+            actions, log_probs = self._act(policy, params, obs, noise[t], per_task)
             act = actions.numpy()
             if buf is None:
                 buf = _new_buffers(h, obs, act)
@@ -237,8 +277,14 @@ def _to_batch(
     num_tasks: int,
     episodes_per_task: int,
 ) -> EpisodeBatch:
+    alive = buf.mask[:steps] > 0
+
     def cut(x: np.ndarray) -> Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x[:steps]))
+        """The first ``steps`` rows, zero after each episode's end (what the env did after it
+        is no data, and zeros make batches of any split of the sub-envs line up)."""
+        x = x[:steps]
+        keep = alive.reshape(alive.shape + (1,) * (x.ndim - 2))
+        return torch.from_numpy(np.where(keep, x, np.zeros((), dtype=x.dtype)))
 
     return EpisodeBatch(
         observations=cut(buf.obs),

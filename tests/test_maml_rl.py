@@ -348,7 +348,9 @@ def relu64() -> tuple[GaussianMLPPolicy, Params, MetaBatch]:
 
 
 def rel(a: Tensor, b: Tensor) -> float:
-    return float((a - b).norm() / b.norm())
+    """Relative error of ``a`` against ``b`` (0 when both are exactly zero)."""
+    diff = float((a - b).norm())
+    return 0.0 if diff == 0.0 else diff / float(b.norm())
 
 
 @pytest.mark.parametrize("inner", [InnerLoop(), InnerLoop(steps=2), InnerLoop(first_order=True)])

@@ -112,6 +112,32 @@ def test_gaussian_sample_statistics() -> None:
     )
 
 
+def test_categorical_sample_frequencies_match_probabilities() -> None:
+    pol = categorical()
+    params = pol.init_params(torch.Generator().manual_seed(0), dtype=D)
+    params = {k: v * 4.0 for k, v in params.items()}  # far from uniform
+    obs = torch.full((40000, 3), 0.5, dtype=D)
+    acts, lps = pol.sample(params, obs, torch.Generator().manual_seed(0))
+    probs = pol.dist_stats(params, obs[:1])["log_probs"][0].exp()
+    freq = torch.bincount(acts, minlength=pol.num_actions).double() / len(acts)
+    torch.testing.assert_close(freq, probs, atol=0.01, rtol=0.0)  # ~4 standard errors
+    torch.testing.assert_close(lps, probs.log()[acts])
+
+
+def test_noise_drawn_apart_gives_the_same_actions_for_any_split() -> None:
+    """What lets sampler workers act on slices of the sub-envs: act() on a slice of the noise
+    equals the slice of act() on the whole batch."""
+    for pol in (gaussian(), categorical()):
+        params = pol.init_params(torch.Generator().manual_seed(0))
+        obs = torch.randn(64, 3, generator=torch.Generator().manual_seed(1))
+        noise = pol.draw_noise((64,), torch.Generator().manual_seed(2))
+        whole, whole_lp = pol.act(params, obs, noise)
+        part, part_lp = pol.act(params, obs[16:48], noise[16:48])
+        assert torch.equal(part, whole[16:48]) and torch.equal(part_lp, whole_lp[16:48])
+        rebuilt = pol.spec().build()
+        assert type(rebuilt) is type(pol) and torch.equal(rebuilt.act(params, obs, noise)[0], whole)
+
+
 @pytest.mark.parametrize("make", [gaussian, categorical])
 def test_functional_methods_under_vmap_match_loop(make: type) -> None:
     pol = make()

@@ -73,7 +73,8 @@ def test_navigation_episodes_equal_single_env_replays() -> None:
             policy, params, tasks, generator=torch.Generator().manual_seed(1), seed=5
         )
     assert batch.observations.shape == (100, 12, 2) and batch.num_tasks == 3
-    assert bool(batch.truncated.all()) and not bool(batch.terminated.any())
+    assert bool((batch.truncated ^ batch.terminated).all())  # each ended exactly one way
+    assert bool((batch.lengths[batch.truncated] == 100).all())
     for n in range(12):
         env = make_env("metarl/Navigation2D-v0")
         env.unwrapped.set_task(tasks[n // 4])
@@ -83,7 +84,7 @@ def test_navigation_episodes_equal_single_env_replays() -> None:
             obs, rew, *_ = env.step(batch.actions[t, n].numpy())
             assert batch.rewards[t, n].item() == pytest.approx(rew, abs=1e-6)
         np.testing.assert_array_equal(batch.last_observations[n].numpy(), obs)
-    recomputed = policy.log_prob(params, batch.observations, batch.actions)
+    recomputed = policy.log_prob(params, batch.observations, batch.actions) * batch.mask
     torch.testing.assert_close(recomputed, batch.log_probs, rtol=1e-5, atol=1e-5)
 
 
