@@ -187,7 +187,8 @@ class Sampler:
             )
         per_env = [t for t in tasks for _ in range(self.episodes_per_task)]
         self.envs.set_attr("task", per_env)  # type: ignore[attr-defined]
-        obs, _ = self.envs.reset(seed=list(draws.reset_seeds))
+        seeds: Any = list(draws.reset_seeds)  # one per sub-env (typed int | None upstream)
+        obs, _ = self.envs.reset(seed=seeds)
         return self._rollout(policy, params, np.asarray(obs), draws.noise, per_task_params)
 
     def _act(
