@@ -10,11 +10,11 @@ export MKL_NUM_THREADS ?= 1
 setup: $(STAMP)
 
 # torch first: the CPU build of 2.13.0 lies on local disk; a bare torch requirement would
-# pull a multi-GB CUDA build.
+# pull a multi-GB CUDA build. Ray (optional for users) is installed so its tests run.
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -e '.[dev,ray]'
 	touch $(STAMP)
 
 # pytest exits 5 when it collects no test: report it, do not pass silently.

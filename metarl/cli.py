@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from metarl.config import DEFAULT_KIND, ConfigError, load_config, read_yaml
+from metarl.errors import StepError
 from metarl.evaluation import plot_curves, plot_learning_curves, read_rows, write_rows
 from metarl.experiments import KINDS, EvalOptions
 from metarl.trainer import (
@@ -151,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "plot": cmd_plot}
     try:
         commands[args.command](args)
-    except (ConfigError, CheckpointError, TrainingError) as err:
+    except (ConfigError, CheckpointError, TrainingError, StepError) as err:
         print(f"metarl {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

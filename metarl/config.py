@@ -161,11 +161,21 @@ class EnvConfig:
 class SamplerConfig:
     """How episodes are collected."""
 
-    backend: Literal["local", "processes"] = "local"
+    backend: Literal["local", "processes", "ray"] = "local"
     """``local``: sub-envs stepped in this process (batched envs use their own vector env);
-    ``processes``: sub-envs split over ``num_workers`` worker processes."""
+    ``processes``: sub-envs split over ``num_workers`` worker processes that only step envs;
+    ``ray``: ``num_workers`` Ray actors, each owning whole tasks' envs and acting with the
+    shipped weights (needs ``pip install -e '.[ray]'``). All give the same episodes."""
     num_workers: int = bounded(2, ge=1)
-    """Worker processes of the ``processes`` backend."""
+    """Worker processes (``processes``) or Ray actors (``ray``; at most the number of tasks)."""
+    ray_address: str | None = None
+    """``ray``: the cluster to join (``auto``, ``host:port`` or ``ray://host:port``); ``null``
+    starts a local Ray bound to 127.0.0.1 (or uses one this process already initialised)."""
+    ray_timeout_s: float = bounded(300.0, gt=0.0)
+    """``ray``: seconds a worker may take over one slice before it counts as hung and is
+    replaced."""
+    ray_max_retries: int = bounded(3, ge=0)
+    """``ray``: replacements of a dead or hung worker allowed within one sampling call."""
 
 
 @dataclass(frozen=True)

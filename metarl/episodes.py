@@ -10,6 +10,7 @@ episode has its own length: padded steps never leak into real ones, and results 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -141,6 +142,42 @@ class EpisodeBatch:
             num_tasks=1,
             episodes_per_task=self.episodes_per_task,
         )
+
+
+def concat_tasks(parts: Sequence[EpisodeBatch]) -> EpisodeBatch:
+    """Batches of consecutive task sets joined in order (still task-major), zero-padded to the
+    longest ``T``: how a sampler merges what its workers collected on slices of the tasks."""
+    if not parts:
+        raise ValueError("concat_tasks: no batches")
+    per_task = {p.episodes_per_task for p in parts}
+    if len(per_task) != 1:
+        raise ValueError(f"concat_tasks: batches differ in episodes_per_task: {sorted(per_task)}")
+    horizon = max(p.horizon for p in parts)
+
+    def steps(name: str) -> Tensor:
+        tensors = [getattr(p, name) for p in parts]
+        padded = [
+            torch.nn.functional.pad(x, (0, 0) * (x.dim() - 1) + (0, horizon - x.shape[0]))
+            for x in tensors
+        ]
+        return torch.cat(padded, dim=1)
+
+    def episodes(name: str) -> Tensor:
+        return torch.cat([getattr(p, name) for p in parts], dim=0)
+
+    return EpisodeBatch(
+        observations=steps("observations"),
+        actions=steps("actions"),
+        rewards=steps("rewards"),
+        mask=steps("mask"),
+        lengths=episodes("lengths"),
+        terminated=episodes("terminated"),
+        truncated=episodes("truncated"),
+        last_observations=episodes("last_observations"),
+        log_probs=steps("log_probs"),
+        num_tasks=sum(p.num_tasks for p in parts),
+        episodes_per_task=per_task.pop(),
+    )
 
 
 def _validate_counts(b: EpisodeBatch) -> None:

@@ -81,10 +81,21 @@ def _check_env_id(config: Any) -> None:
         raise ConfigError(f"config key 'env.id': {err}") from None
 
 
+def _check_sampler(config: Any, num_tasks: int) -> None:
+    """Ray workers own whole tasks: more workers than tasks is a config error."""
+    s = config.sampler
+    if s.backend == "ray" and s.num_workers > num_tasks:
+        raise ConfigError(
+            f"config key 'sampler.num_workers': {s.num_workers} Ray workers for {num_tasks} "
+            "tasks; each worker owns whole tasks, so at most one per task"
+        )
+
+
 def _rl_learner(config: Any, rngs: Rngs) -> Learner:
     from metarl.rl import make_rl_learner
 
     _check_env_id(config)
+    _check_sampler(config, config.meta_batch_size)
     return make_rl_learner(config, rngs)
 
 
@@ -94,6 +105,7 @@ def _rl_evaluate(runs: Sequence[Checkpoint], options: EvalOptions) -> EvalResult
     eval_cfg = _eval_config(runs[0].config, options, episodes_key="episodes_per_task")
     for run in runs:
         _check_env_id(run.config)
+        _check_sampler(run.config, eval_cfg.num_tasks)
         if run.config.env.id != runs[0].config.env.id:
             raise ConfigError(
                 f"cannot compare runs on {run.config.env.id!r} and {runs[0].config.env.id!r}"

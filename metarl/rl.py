@@ -31,7 +31,7 @@ from metarl.maml_rl import (
 )
 from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, MLPPolicy, Params
 from metarl.rngs import Rngs
-from metarl.sampler import Sampler, make_env
+from metarl.sampler import EpisodeSampler, make_env, make_sampler
 from metarl.tasks import TaskEnv
 from metarl.trpo import trpo_step
 
@@ -103,13 +103,12 @@ class PolicyLearner:
         self.tasks = task_env(self._env, config.env.id)
         self.policy = make_policy(config, self._env)
         self.params: Params = self.policy.init_params(rngs.torch)
-        self.sampler = Sampler(
+        self.sampler = make_sampler(
+            config.sampler,
             env_id=config.env.id,
             num_tasks=config.meta_batch_size,
             episodes_per_task=config.episodes_per_task,
             horizon=config.env.horizon,
-            backend=config.sampler.backend,
-            num_workers=config.sampler.num_workers,
             oracle=oracle,
         )
         self.trpo = trpo_settings(config)
@@ -273,7 +272,7 @@ def adaptation_returns(
     config: RLConfig,
     params: Params,
     tasks: Sequence[Any],
-    sampler: Sampler,
+    sampler: EpisodeSampler,
     eval_cfg: RLEvalConfig,
     *,
     seed: int,
@@ -313,17 +312,16 @@ def evaluate_rl(
     env = make_env(base.env.id)
     tasks = task_env(env, base.env.id).sample_tasks(eval_cfg.num_tasks, eval_rng(eval_cfg.seed))
     rows: list[dict[str, Any]] = []
-    samplers: dict[bool, Sampler] = {}
+    samplers: dict[bool, EpisodeSampler] = {}
     try:
         for config, params in runs:
             if config.env.id != base.env.id:
                 raise ValueError(f"cannot compare runs on {config.env.id!r} and {base.env.id!r}")
             oracle = config.method == "oracle"
             if oracle not in samplers:
-                samplers[oracle] = Sampler(
-                    env_id=base.env.id, num_tasks=eval_cfg.num_tasks,
+                samplers[oracle] = make_sampler(
+                    base.sampler, env_id=base.env.id, num_tasks=eval_cfg.num_tasks,
                     episodes_per_task=eval_cfg.episodes_per_task, horizon=base.env.horizon,
-                    backend=base.sampler.backend, num_workers=base.sampler.num_workers,
                     oracle=oracle,
                 )  # fmt: skip
             run_cfg = dataclasses.replace(eval_cfg, max_steps=0) if oracle else eval_cfg

@@ -13,7 +13,7 @@ import functools
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from envs.oracle import OracleEnv
+from metarl.config import SamplerConfig
 from metarl.episodes import EpisodeBatch
 from metarl.policies import MLPPolicy, Params
 from metarl.vector import SerialVectorEnv, ShardedVectorEnv
@@ -76,6 +77,61 @@ def make_vector_env(
     return SerialVectorEnv(fns)
 
 
+class EpisodeSampler(Protocol):
+    """What the learners sample with: :class:`Sampler` or :class:`metarl.ray_sampler.RaySampler`."""
+
+    num_tasks: int
+    episodes_per_task: int
+
+    def sample(
+        self,
+        policy: MLPPolicy,
+        params: Params,
+        tasks: Sequence[Any],
+        *,
+        generator: torch.Generator,
+        seed: int,
+        per_task_params: bool = False,
+    ) -> EpisodeBatch: ...
+
+    def close(self) -> None: ...
+
+
+def make_sampler(
+    config: SamplerConfig,
+    *,
+    env_id: str,
+    num_tasks: int,
+    episodes_per_task: int,
+    horizon: int,
+    oracle: bool = False,
+) -> EpisodeSampler:
+    """The sampler of ``config.backend``; the caller does not need to know which runs."""
+    if config.backend == "ray":
+        from metarl.ray_sampler import RaySampler
+
+        return RaySampler(
+            env_id=env_id,
+            num_tasks=num_tasks,
+            episodes_per_task=episodes_per_task,
+            horizon=horizon,
+            num_workers=config.num_workers,
+            oracle=oracle,
+            address=config.ray_address,
+            timeout_s=config.ray_timeout_s,
+            max_retries=config.ray_max_retries,
+        )
+    return Sampler(
+        env_id=env_id,
+        num_tasks=num_tasks,
+        episodes_per_task=episodes_per_task,
+        horizon=horizon,
+        backend=config.backend,
+        num_workers=config.num_workers,
+        oracle=oracle,
+    )
+
+
 @dataclass(frozen=True)
 class RolloutDraws:
     """All the randomness of one :meth:`Sampler.sample` call, drawn before any env steps:
@@ -99,6 +155,16 @@ class RolloutDraws:
     def slice(self, start: int, stop: int) -> RolloutDraws:
         """The draws of sub-envs ``[start, stop)``."""
         return RolloutDraws(self.reset_seeds[start:stop], self.noise[:, start:stop].clone())
+
+
+_MIN_ROWS = 8
+"""The fewest rows a policy forward in the sampler gets: BLAS computes a product of 1-3 rows
+with other kernels (other rounding) than the same rows inside a larger batch, and the
+backends' workers, which act on slices of the sub-envs, must act exactly as one process."""
+
+
+def _pad_rows(x: Tensor, pad: int) -> Tensor:
+    return torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
 
 
 @dataclass
@@ -202,6 +268,12 @@ class Sampler:
                 params, x, noise.reshape(k, e, *noise.shape[1:])
             )
             return actions.flatten(0, 1), log_probs.flatten(0, 1)
+        if x.shape[0] < _MIN_ROWS:  # see _MIN_ROWS
+            pad = _MIN_ROWS - x.shape[0]
+            actions, log_probs = policy.act(
+                params, torch.nn.functional.pad(x, (0, 0, 0, pad)), _pad_rows(noise, pad)
+            )
+            return actions[:-pad], log_probs[:-pad]
         return policy.act(params, x, noise)
 
     def _rollout(

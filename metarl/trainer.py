@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import torch
 
 from metarl.config import ConfigError, config_diff, config_from_dict, config_to_dict, save_config
+from metarl.errors import StepError
 from metarl.loggers import CSVLogger, Logger, ProgressBar, TensorBoardLogger
 from metarl.rngs import Rngs
 
@@ -187,7 +188,7 @@ class Trainer:
             for it in range(start, cfg.iterations):
                 try:
                     stats = learner.step(rngs)
-                except FloatingPointError as err:  # e.g. a NaN observation from the env
+                except (FloatingPointError, StepError) as err:  # a NaN observation, dead workers
                     raise TrainingError(
                         f"iteration {it + 1}: {err}; training stopped. The last "
                         f"good checkpoint is kept: {last_good}"

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from metarl.episodes import concat_tasks
 from metarl.policies import GaussianMLPPolicy
-from metarl.sampler import Sampler, make_env, resolve_env_id
+from metarl.sampler import RolloutDraws, Sampler, make_env, resolve_env_id
 
 
 @dataclass(frozen=True)
@@ -202,3 +203,67 @@ def test_serial_vector_env_autoresets_on_the_next_step() -> None:
     assert obs[1, 0] == pytest.approx(1.2, abs=0.02)
     assert vec.get_attr("task") == (Threshold(0.5), Threshold(5.0))
     vec.close()
+
+
+@pytest.mark.parametrize(
+    ("env_id", "split"),
+    [("metarl/Navigation2D-v0", (2, 1, 2)), ("metarl/HalfCheetahVel-v0", (1, 2))],
+)
+def test_any_split_of_the_tasks_gives_the_same_episodes(env_id: str, split: tuple) -> None:
+    """What the Ray backend relies on: slices of the tasks rolled out apart (each with its
+    slice of the draws, here 1-task slices of 2 episodes too) and joined equal one rollout."""
+    num_tasks, per_task, horizon = sum(split), 2, 40
+    env = make_env(env_id)
+    policy = GaussianMLPPolicy(
+        obs_dim=env.observation_space.shape[0],  # type: ignore[index]
+        act_dim=env.action_space.shape[0],  # type: ignore[index]
+        hidden_sizes=(16,),
+    )
+    params = policy.init_params(torch.Generator().manual_seed(0))
+    tasks = env.unwrapped.sample_tasks(num_tasks, np.random.default_rng(0))  # type: ignore[attr-defined]
+    draws = RolloutDraws.draw(
+        policy, num_tasks * per_task, horizon, torch.Generator().manual_seed(1), 2
+    )
+    with Sampler(
+        env_id=env_id, num_tasks=num_tasks, episodes_per_task=per_task, horizon=horizon
+    ) as whole:
+        expected = whole.rollout(policy, params, tasks, draws)
+    parts, start = [], 0
+    for k in split:
+        with Sampler(env_id=env_id, num_tasks=k, episodes_per_task=per_task, horizon=horizon) as s:
+            sl = draws.slice(start * per_task, (start + k) * per_task)
+            parts.append(s.rollout(policy, params, tasks[start : start + k], sl))
+        start += k
+    joined = concat_tasks(parts)
+    for name in ("observations", "actions", "rewards", "mask", "log_probs", "lengths"):
+        assert torch.equal(getattr(joined, name), getattr(expected, name)), name
+    assert joined.num_tasks == num_tasks
+
+
+def test_ray_backend_without_ray_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from metarl.config import load_config
+    from metarl.errors import SamplerError
+    from metarl.sampler import make_sampler
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    cfg = load_config(None, ["kind=rl", "sampler.backend=ray"])
+    with pytest.raises(SamplerError, match=r"needs Ray.*pip install -e '\.\[ray\]'"):
+        make_sampler(
+            cfg.sampler,
+            env_id=cfg.env.id,
+            num_tasks=cfg.meta_batch_size,
+            episodes_per_task=cfg.episodes_per_task,
+            horizon=cfg.env.horizon,
+        )
+
+
+def test_more_ray_workers_than_tasks_is_a_config_error(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from metarl.cli import main
+
+    args = ["--set", "sampler.backend=ray", "--set", "sampler.num_workers=30"]
+    assert main(["train", "--out", str(tmp_path / "run"), *args]) == 2
+    assert "'sampler.num_workers': 30 Ray workers for 20 tasks" in capsys.readouterr().err
