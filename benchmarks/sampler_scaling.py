@@ -140,7 +140,7 @@ def main() -> None:
         if args.address:
             ray.init(address=args.address)
         else:
-            ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
+            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
     for backend in args.backends:
         for workers in [1] if backend == "local" else args.workers:
             got = measure(backend, workers, args, policy, params, tasks)

@@ -88,12 +88,14 @@ _ray_state = {"started_here": False, "open": 0}
 
 def connect(address: str | None) -> None:
     """Use the Ray of this process if initialised, else connect to ``address`` (``"auto"``,
-    ``"host:port"``, ``"ray://..."``) or, for ``None``, start a local Ray bound to loopback."""
+    ``"host:port"``, ``"ray://..."``) or, for ``None``, start a new local Ray bound to loopback
+    (``address="local"``: a bare ``ray.init()`` would join whatever cluster was started last on
+    this machine)."""
     ray = import_ray()
     if ray.is_initialized():
         return
     if address is None:
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
         _ray_state["started_here"] = True
         return
     try:
