@@ -30,34 +30,15 @@ import tempfile
 import time
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
+from maml_trpo_speed import raw_cheetah_rate  # this folder is sys.path[0] for a script
 
 from metarl.config import load_config
 from metarl.rl import make_policy, task_env
 from metarl.sampler import EpisodeSampler, make_env, make_sampler
 
 ENV_ID = "metarl/HalfCheetahVel-v0"
-
-
-def raw_rate(seconds: float) -> float:
-    """Steps per second of one ``HalfCheetah-v5`` with uniform random actions."""
-    env = gym.make("HalfCheetah-v5")
-    env.reset(seed=0)
-    space = env.action_space
-    assert isinstance(space, gym.spaces.Box)
-    actions = np.random.default_rng(0).uniform(space.low, space.high, (100, *space.shape))
-    actions = actions.astype(space.dtype)
-    steps, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        for a in actions:
-            _, _, terminated, truncated, _ = env.step(a)
-            if terminated or truncated:
-                env.reset()
-        steps += len(actions)
-    env.close()
-    return steps / elapsed
 
 
 def build(backend: str, workers: int, tasks: int, episodes: int, horizon: int, address: Any) -> Any:
@@ -132,7 +113,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
     }
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
-        figures["raw_single_env_steps_per_s"] = raw_rate(args.seconds)
+        figures["raw_single_env_steps_per_s"] = raw_cheetah_rate(args.seconds)
     print(f"raw HalfCheetah-v5, one env: {figures['raw_single_env_steps_per_s']:.0f} steps/s")
     if "ray" in args.backends:  # one Ray for all measurements (the samplers leave it up)
         import ray

@@ -27,7 +27,7 @@ import torch
 from metarl.episodes import EpisodeBatch, concat_tasks
 from metarl.errors import SamplerError
 from metarl.policies import MLPPolicy, Params, PolicySpec
-from metarl.sampler import RolloutDraws, Sampler
+from metarl.sampler import EpisodeSampler, RolloutDraws, Sampler
 from metarl.vector import shard_bounds
 
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray>=2.30')"
@@ -104,9 +104,9 @@ def connect(address: str | None) -> None:
         raise SamplerError(f"cannot connect to the Ray cluster at {address!r}: {err}") from err
 
 
-class RaySampler:
-    """:class:`~metarl.sampler.Sampler`'s interface on ``num_workers`` Ray actors, each owning
-    a contiguous slice of the tasks (so ``num_workers <= num_tasks``)."""
+class RaySampler(EpisodeSampler):
+    """The ``ray`` backend: ``num_workers`` Ray actors, each owning a contiguous slice of the
+    tasks (so ``num_workers <= num_tasks``)."""
 
     def __init__(
         self,
@@ -122,8 +122,9 @@ class RaySampler:
         max_retries: int = 3,
         cpus_per_worker: float = 1.0,
     ) -> None:
-        if num_tasks < 1 or episodes_per_task < 1 or horizon < 1:
-            raise ValueError("Sampler: num_tasks, episodes_per_task and horizon must be >= 1")
+        super().__init__(
+            env_id=env_id, num_tasks=num_tasks, episodes_per_task=episodes_per_task, horizon=horizon
+        )
         if not 1 <= num_workers <= num_tasks:
             raise ValueError(
                 f"ray sampler: each worker owns whole tasks, so 1 <= num_workers <= num_tasks; "
@@ -131,11 +132,6 @@ class RaySampler:
             )
         if timeout_s <= 0 or max_retries < 0:
             raise ValueError("ray sampler: timeout_s must be > 0 and max_retries >= 0")
-        self.env_id = env_id
-        self.num_tasks = num_tasks
-        self.episodes_per_task = episodes_per_task
-        self.num_envs = num_tasks * episodes_per_task
-        self.horizon = horizon
         self.oracle = oracle
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -195,22 +191,18 @@ class RaySampler:
 
     # -- sampling
 
-    def sample(
+    def rollout(
         self,
         policy: MLPPolicy,
         params: Params,
         tasks: Sequence[Any],
+        draws: RolloutDraws,
         *,
-        generator: torch.Generator,
-        seed: int,
         per_task_params: bool = False,
     ) -> EpisodeBatch:
-        """As :meth:`metarl.sampler.Sampler.sample`, the work split over the Ray actors."""
+        """Each actor rolls out its slice of the tasks with its slice of ``draws``."""
         if self._closed:
             raise SamplerError("ray sampler: sample() after close()")
-        if len(tasks) != self.num_tasks:
-            raise ValueError(f"Sampler built for {self.num_tasks} tasks, got {len(tasks)}")
-        draws = RolloutDraws.draw(policy, self.num_envs, self.horizon, generator, seed)
         weights = {k: v.detach() for k, v in params.items()}
         shared = None if per_task_params else self._ray.put(weights)
         e = self.episodes_per_task
@@ -291,12 +283,6 @@ class RaySampler:
             _ray_state["started_here"] = False
             if self._ray.is_initialized():
                 self._ray.shutdown()
-
-    def __enter__(self) -> RaySampler:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _first_line(err: BaseException) -> str:

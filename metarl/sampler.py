@@ -13,7 +13,7 @@ import functools
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Self
 
 import gymnasium as gym
 import numpy as np
@@ -77,11 +77,20 @@ def make_vector_env(
     return SerialVectorEnv(fns)
 
 
-class EpisodeSampler(Protocol):
-    """What the learners sample with: :class:`Sampler` or :class:`metarl.ray_sampler.RaySampler`."""
+class EpisodeSampler:
+    """What every backend shares: the sizes, :meth:`sample` (draw the call's randomness, then
+    :meth:`rollout`), and closing. The learners use only this interface."""
 
-    num_tasks: int
-    episodes_per_task: int
+    def __init__(
+        self, *, env_id: str, num_tasks: int, episodes_per_task: int, horizon: int
+    ) -> None:
+        if num_tasks < 1 or episodes_per_task < 1 or horizon < 1:
+            raise ValueError("Sampler: num_tasks, episodes_per_task and horizon must be >= 1")
+        self.env_id = env_id
+        self.num_tasks = num_tasks
+        self.episodes_per_task = episodes_per_task
+        self.num_envs = num_tasks * episodes_per_task
+        self.horizon = horizon
 
     def sample(
         self,
@@ -92,9 +101,39 @@ class EpisodeSampler(Protocol):
         generator: torch.Generator,
         seed: int,
         per_task_params: bool = False,
-    ) -> EpisodeBatch: ...
+    ) -> EpisodeBatch:
+        """One episode per sub-env, ``episodes_per_task`` per task, acting with ``params``.
 
-    def close(self) -> None: ...
+        ``per_task_params``: ``params`` carry a leading task axis (adapted ``theta_i``), so
+        task ``k``'s episodes act with ``params[...][k]``. ``seed`` seeds the sub-envs' resets;
+        ``generator`` draws the actions. Same seeds, same episodes, on every backend.
+        """
+        if len(tasks) != self.num_tasks:
+            raise ValueError(f"Sampler built for {self.num_tasks} tasks, got {len(tasks)}")
+        draws = RolloutDraws.draw(policy, self.num_envs, self.horizon, generator, seed)
+        return self.rollout(policy, params, tasks, draws, per_task_params=per_task_params)
+
+    def rollout(
+        self,
+        policy: MLPPolicy,
+        params: Params,
+        tasks: Sequence[Any],
+        draws: RolloutDraws,
+        *,
+        per_task_params: bool = False,
+    ) -> EpisodeBatch:
+        """:meth:`sample` with its randomness given: the episodes are a function of the
+        arguments alone."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def make_sampler(
@@ -176,8 +215,9 @@ class _Buffers:
     mask: np.ndarray
 
 
-class Sampler:
-    """Collects ``episodes_per_task`` episodes of each of ``num_tasks`` tasks per call."""
+class Sampler(EpisodeSampler):
+    """The ``local`` and ``processes`` backends: one vector env over all sub-envs, the policy
+    in this process."""
 
     def __init__(
         self,
@@ -190,13 +230,9 @@ class Sampler:
         num_workers: int = 2,
         oracle: bool = False,
     ) -> None:
-        if num_tasks < 1 or episodes_per_task < 1 or horizon < 1:
-            raise ValueError("Sampler: num_tasks, episodes_per_task and horizon must be >= 1")
-        self.env_id = env_id
-        self.num_tasks = num_tasks
-        self.episodes_per_task = episodes_per_task
-        self.num_envs = num_tasks * episodes_per_task
-        self.horizon = horizon
+        super().__init__(
+            env_id=env_id, num_tasks=num_tasks, episodes_per_task=episodes_per_task, horizon=horizon
+        )
         self.envs = make_vector_env(
             env_id, self.num_envs, backend=backend, num_workers=num_workers, oracle=oracle
         )
@@ -208,33 +244,6 @@ class Sampler:
     def close(self) -> None:
         self.envs.close()
 
-    def __enter__(self) -> Sampler:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def sample(
-        self,
-        policy: MLPPolicy,
-        params: Params,
-        tasks: Sequence[Any],
-        *,
-        generator: torch.Generator,
-        seed: int,
-        per_task_params: bool = False,
-    ) -> EpisodeBatch:
-        """One episode per sub-env, ``episodes_per_task`` per task, acting with ``params``.
-
-        ``per_task_params``: ``params`` carry a leading task axis (adapted ``theta_i``), so
-        task ``k``'s episodes act with ``params[...][k]``. ``seed`` seeds the sub-envs' resets;
-        ``generator`` draws the actions. Same seeds, same episodes.
-        """
-        if len(tasks) != self.num_tasks:
-            raise ValueError(f"Sampler built for {self.num_tasks} tasks, got {len(tasks)}")
-        draws = RolloutDraws.draw(policy, self.num_envs, self.horizon, generator, seed)
-        return self.rollout(policy, params, tasks, draws, per_task_params=per_task_params)
-
     def rollout(
         self,
         policy: MLPPolicy,
@@ -244,8 +253,7 @@ class Sampler:
         *,
         per_task_params: bool = False,
     ) -> EpisodeBatch:
-        """:meth:`sample` with its randomness given: the episodes are a function of the
-        arguments alone (what a remote worker runs on its slice of tasks)."""
+        """Steps every sub-env with the policy (what a Ray worker runs on its slice)."""
         if len(tasks) != self.num_tasks or len(draws.reset_seeds) != self.num_envs:
             raise ValueError(
                 f"Sampler built for {self.num_tasks} tasks x {self.episodes_per_task} episodes, "
