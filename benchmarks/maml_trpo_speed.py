@@ -3,13 +3,15 @@ the accuracy of those products; and the HalfCheetahVel sampling rate.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/maml_trpo_speed.py [--iters 3]
         [--methods finite_difference exact gauss_newton] [--skip-cheetah] [--skip-accuracy]
-        [--tune-malloc]
+        [--tune-malloc] [--hvp-subsample 1.0 0.1]
 
 1. Navigation2D, 20 tasks x 20 episodes x horizon 100 (40,000 train and 40,000 valid steps),
    Gaussian MLP 2-100-100-2 ReLU, one inner VPG step, second order: ``MAMLTRPOLearner.step``
    after one warm-up iteration, median over ``--iters`` of the wall seconds of sampling,
    adaptation and TRPO (and of the whole iteration, wall and CPU), per ``trpo.hvp`` method.
    Each method trains from the same seed, so the iterations see the same first batch.
+   ``--hvp-subsample 1.0 0.1`` also times each method with the products on 10% of the tasks
+   (``trpo.hvp_subsample``; the gradient and the line search still use all).
 2. Accuracy on real Navigation2D meta-batches (``--accuracy-at``: after that many training
    iterations; 0 is the initialisation, the hardest case for finite differences): each
    method's product against exact double backprop at theta_old, on the gradient (the first
@@ -77,10 +79,13 @@ def peak_rss_mb() -> float:
 # ------------------------------------------------------------------------- 1. speed
 
 
-def time_method(hvp: str, iters: int, seed: int) -> dict[str, float]:
+def time_method(hvp: str, iters: int, seed: int, subsample: float = 1.0) -> dict[str, float]:
     """Median seconds per meta-iteration (and its parts) of ``iters`` iterations after one
-    warm-up iteration, training with ``trpo.hvp=hvp``."""
-    config = load_config(None, [*NAV, f"trpo.hvp={hvp}", f"seed={seed}"])
+    warm-up iteration, training with ``trpo.hvp=hvp`` (and ``trpo.hvp_subsample``; keys
+    ``hvp@subsample`` when below 1)."""
+    overrides = [f"trpo.hvp={hvp}", f"trpo.hvp_subsample={subsample}", f"seed={seed}"]
+    config = load_config(None, [*NAV, *overrides])
+    name = hvp if subsample == 1.0 else f"{hvp}@{subsample:g}"
     rngs = Rngs.from_seed(seed)
     learner = MAMLTRPOLearner(config, rngs)
     runs: list[dict[str, float]] = []
@@ -95,10 +100,10 @@ def time_method(hvp: str, iters: int, seed: int) -> dict[str, float]:
     finally:
         learner.close()
     keys = ("sample_s", "adapt_s", "trpo_s", "total_s", "cpu_s")
-    out = {f"{hvp}/{k}": statistics.median(r[f"time/{k}"] for r in runs) for k in keys}
-    out[f"{hvp}/backtracks"] = statistics.median(r["trpo/backtracks"] for r in runs)
-    out[f"{hvp}/accepted"] = sum(r["trpo/step_accepted"] for r in runs) / len(runs)
-    out[f"{hvp}/peak_rss_mb"] = peak_rss_mb()
+    out = {f"{name}/{k}": statistics.median(r[f"time/{k}"] for r in runs) for k in keys}
+    out[f"{name}/backtracks"] = statistics.median(r["trpo/backtracks"] for r in runs)
+    out[f"{name}/accepted"] = sum(r["trpo/step_accepted"] for r in runs) / len(runs)
+    out[f"{name}/peak_rss_mb"] = peak_rss_mb()
     return out
 
 
@@ -243,6 +248,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="raw cheetah stepping")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tune-malloc", action="store_true")
+    parser.add_argument(
+        "--hvp-subsample", type=float, nargs="*", default=[1.0], help="trpo.hvp_subsample values"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.tune_malloc:
@@ -250,8 +258,10 @@ def main() -> None:
     figures: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
     figures["malloc_tuned"] = args.tune_malloc
     for hvp in args.methods:  # gauss_newton's peak memory first would need its own process
-        figures.update(time_method(hvp, args.iters, args.seed))
-        report({k: v for k, v in figures.items() if k.startswith(hvp)})
+        for frac in args.hvp_subsample:
+            got = time_method(hvp, args.iters, args.seed, frac)
+            figures.update(got)
+            report(got)
     if not args.skip_accuracy:
         default_eps = load_config(None, ["kind=rl"]).trpo.fd_base_eps
         fd_eps = args.fd_eps if args.fd_eps is not None else [default_eps, 1e-5]

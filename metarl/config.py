@@ -213,6 +213,10 @@ class TRPOConfig:
     """Line-search shrink factor."""
     max_backtracks: int = bounded(15, ge=1)
     """Line-search tries before the step is rejected."""
+    hvp_subsample: float = bounded(1.0, gt=0.0, le=1.0)
+    """Fraction of the tasks (at least one) whose KL curvature the Hessian-vector products use,
+    as rllab's subsample_factor (the TRPO paper used 10% of the data); 1.0, the paper's, uses
+    all. The gradient and the line search's KL check always use every task."""
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,15 @@ class EpisodeBatch:
         """The episodes of task ``i`` as a batch of one task (tensors are views)."""
         if not 0 <= i < self.num_tasks:
             raise IndexError(f"EpisodeBatch.task: task {i} out of range [0, {self.num_tasks})")
-        sl = slice(i * self.episodes_per_task, (i + 1) * self.episodes_per_task)
+        return self.tasks(i, i + 1)
+
+    def tasks(self, start: int, stop: int) -> EpisodeBatch:
+        """The episodes of tasks ``start .. stop - 1`` as a batch (tensors are views)."""
+        if not 0 <= start < stop <= self.num_tasks:
+            raise IndexError(
+                f"EpisodeBatch.tasks: [{start}, {stop}) is not within [0, {self.num_tasks})"
+            )
+        sl = slice(start * self.episodes_per_task, stop * self.episodes_per_task)
         return EpisodeBatch(
             observations=self.observations[:, sl],
             actions=self.actions[:, sl],
@@ -139,7 +147,7 @@ class EpisodeBatch:
             truncated=self.truncated[sl],
             last_observations=self.last_observations[sl],
             log_probs=self.log_probs[:, sl],
-            num_tasks=1,
+            num_tasks=stop - start,
             episodes_per_task=self.episodes_per_task,
         )
 

@@ -23,6 +23,7 @@ products ``J^T F J v`` that need no re-adaptation (exact at the old weights).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -189,6 +190,18 @@ class MetaBatch:
     def num_tasks(self) -> int:
         """Number of tasks K."""
         return self.train.num_tasks
+
+    def first_tasks(self, k: int) -> MetaBatch:
+        """The meta-batch of the first ``k`` tasks (tasks are drawn i.i.d., so a random
+        subset)."""
+        e_train, e_valid = self.train.episodes_per_task, self.valid.episodes_per_task
+        return MetaBatch(
+            train=self.train.tasks(0, k),
+            train_advantages=self.train_advantages[:, : k * e_train],
+            valid=self.valid.tasks(0, k),
+            valid_advantages=self.valid_advantages[:, : k * e_valid],
+            inner=self.inner,
+        )
 
     def task_inputs(self) -> tuple[TaskEpisodes, Tensor, TaskEpisodes, Tensor]:
         """``(train, train_adv, valid, valid_adv)`` with a leading task axis, for ``vmap``."""
@@ -664,6 +677,17 @@ class TRPOSettings:
     """Line-search shrink factor."""
     max_backtracks: int = 15
     """Line-search tries."""
+    hvp_subsample: float = 1.0
+    """Fraction of the tasks whose meta-KL curvature the Hessian-vector products use (at least
+    one task); 1.0 uses all, as the paper. The gradient and the line search always use all."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.hvp_subsample <= 1.0:
+            raise ValueError(f"hvp_subsample must be in (0, 1], got {self.hvp_subsample}")
+
+    def curvature_tasks(self, num_tasks: int) -> int:
+        """How many of ``num_tasks`` tasks the products use."""
+        return max(1, math.ceil(self.hvp_subsample * num_tasks - 1e-9))
 
 
 def meta_trpo_step(
@@ -677,10 +701,14 @@ def meta_trpo_step(
     ``hvp="exact"`` differentiates the autograd :func:`meta_kl` twice.
     """
     s = settings or TRPOSettings()
-    fast = MetaDerivatives(policy, params, batch, gauss_newton=s.hvp == "gauss_newton")
+    gauss_newton = s.hvp == "gauss_newton"
+    fast = MetaDerivatives(policy, params, batch, gauss_newton=gauss_newton)
     old = _by_task_stats(fast.old_stats, batch.valid)
+    k = s.curvature_tasks(batch.num_tasks)
+    sub = batch if k == batch.num_tasks else batch.first_tasks(k)
+    curv = fast if sub is batch else MetaDerivatives(policy, params, sub, gauss_newton=gauss_newton)
     derivatives = Derivatives(
-        loss_grad=fast.loss_and_grad, kl_grad=fast.kl_grad, gauss_newton=fast.gauss_newton_hvp
+        loss_grad=fast.loss_and_grad, kl_grad=curv.kl_grad, gauss_newton=curv.gauss_newton_hvp
     )
     return trpo_step(
         params,
@@ -689,6 +717,9 @@ def meta_trpo_step(
         max_kl=s.max_kl, damping=s.damping, cg_iters=s.cg_iters, hvp=s.hvp,
         fd_base_eps=s.fd_base_eps, backtrack_ratio=s.backtrack_ratio,
         max_backtracks=s.max_backtracks, loss_kl_fn=fast.loss_and_kl, derivatives=derivatives,
+        curvature_kl_fn=partial(
+            _meta_kl_at, policy, sub, _by_task_stats(curv.old_stats, sub.valid)
+        ),
     )  # fmt: skip
 
 

@@ -87,6 +87,7 @@ def trpo_settings(config: RLConfig) -> TRPOSettings:
         fd_base_eps=t.fd_base_eps,
         backtrack_ratio=t.backtrack_ratio,
         max_backtracks=t.max_backtracks,
+        hvp_subsample=t.hvp_subsample,
     )
 
 
@@ -169,10 +170,19 @@ class TRPOLearner(PolicyLearner):
             return masked_mean(self.policy.kl(old, p, batch.observations), batch.mask)
 
         t = self.trpo
+        k = t.curvature_tasks(batch.num_tasks)  # the products' subsample: the first k tasks
+        rows = slice(0, k * batch.episodes_per_task)
+        sub_old = {name: x[:, rows] for name, x in old.items()}
+
+        def curvature_kl_fn(p: Params) -> torch.Tensor:
+            obs = batch.observations[:, rows]
+            return masked_mean(self.policy.kl(sub_old, p, obs), batch.mask[:, rows])
+
         self.params, stats = trpo_step(
             self.params, loss_fn, kl_fn, max_kl=t.max_kl, damping=t.damping,
             cg_iters=t.cg_iters, hvp=t.hvp, fd_base_eps=t.fd_base_eps,
             backtrack_ratio=t.backtrack_ratio, max_backtracks=t.max_backtracks,
+            curvature_kl_fn=curvature_kl_fn if k < batch.num_tasks else None,
         )  # fmt: skip
         return {
             "pre_adapt_return": float(batch.returns.mean()),

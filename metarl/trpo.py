@@ -279,14 +279,17 @@ def trpo_step(
     max_backtracks: int = 15,
     loss_kl_fn: LossKLFn | None = None,
     derivatives: Derivatives | None = None,
+    curvature_kl_fn: ScalarFn | None = None,
 ) -> tuple[Params, TRPOStats]:
     """One TRPO update of ``params`` minimising ``loss_fn`` subject to ``kl_fn <= max_kl``.
 
     ``kl_fn(theta)`` must be ``KL(pi_old || pi_theta)`` with ``pi_old`` fixed at ``params``.
     ``loss_kl_fn``, if given, returns ``(loss, kl)`` together (sharing work) for the line
     search; by default it calls ``loss_fn`` and ``kl_fn``. ``derivatives`` replace autograd
-    where given (see :class:`Derivatives`). Returns new weights (detached, or the old dict
-    itself if the step was rejected) and :class:`TRPOStats`.
+    where given (see :class:`Derivatives`). ``curvature_kl_fn``: the KL whose Hessian the
+    products use (default ``kl_fn``; e.g. the KL of a subsample of the data, rllab's
+    ``subsample_factor``); the line search always checks ``kl_fn``. Returns new weights
+    (detached, or the old dict itself if the step was rejected) and :class:`TRPOStats`.
     """
     _check_trpo_args(max_kl, damping, cg_iters, backtrack_ratio, max_backtracks)
     d = derivatives or Derivatives()
@@ -295,8 +298,9 @@ def trpo_step(
     if not (math.isfinite(pre.loss_before) and math.isfinite(pre.grad_norm)) or pre.grad_norm == 0:
         return params, _stats(pre, None)
     hvp_fn = make_hvp(
-        kl_fn, params, method=hvp, base_eps=fd_base_eps, damping=damping, derivatives=d
-    )
+        curvature_kl_fn or kl_fn, params, method=hvp, base_eps=fd_base_eps, damping=damping,
+        derivatives=d,
+    )  # fmt: skip
     x, r = _cg(hvp_fn, g.detach(), cg_iters, 1e-10)
     quad = float(x @ (g - r))  # x^T H x, with H x = g - r tracked by CG
     beta = math.sqrt(2.0 * max_kl / (quad + 1e-8)) if math.isfinite(quad) and quad > 0 else 0.0

@@ -324,6 +324,38 @@ def test_meta_trpo_step_decreases_surrogate_within_max_kl(
     )
 
 
+def test_hvp_subsample_uses_the_first_tasks_curvature_in_every_method(
+    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch],
+) -> None:
+    """With hvp_subsample 2/3 (two of the three tasks) all three product methods solve with the
+    first two tasks' meta-KL curvature (float64, fine finite differences): their steps agree,
+    and differ from the all-tasks step."""
+    pol, theta, batch = setup64
+    assert TRPOSettings(hvp_subsample=0.1).curvature_tasks(20) == 2
+    assert TRPOSettings(hvp_subsample=0.01).curvature_tasks(20) == 1
+    assert TRPOSettings().curvature_tasks(20) == 20
+    with pytest.raises(ValueError, match="hvp_subsample"):
+        TRPOSettings(hvp_subsample=0.0)
+    one = batch.first_tasks(1)
+    assert one.num_tasks == 1 and torch.equal(
+        one.valid.observations, batch.valid.task(0).observations
+    )
+    steps = {}
+    for hvp in ("finite_difference", "exact", "gauss_newton"):
+        for frac in (1.0, 2 / 3):
+            settings = TRPOSettings(max_kl=0.01, hvp=hvp, hvp_subsample=frac, fd_base_eps=1e-5)  # type: ignore[arg-type]
+            new, stats = meta_trpo_step(pol, theta, batch, settings)
+            assert stats.step_accepted and stats.kl_after <= 0.01
+            steps[hvp, frac] = flatten_params(new) - flatten_params(theta)
+
+    def cos(a: Tensor, b: Tensor) -> float:
+        return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+    for hvp in ("finite_difference", "gauss_newton"):
+        assert cos(steps[hvp, 2 / 3], steps["exact", 2 / 3]) > 0.99
+    assert cos(steps["exact", 2 / 3], steps["exact", 1.0]) < 0.9
+
+
 def test_meta_batch_validation(setup64: tuple[GaussianMLPPolicy, Params, MetaBatch]) -> None:
     _, _, batch = setup64
     with pytest.raises(ValueError, match="valid_advantages must have shape"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from metarl.config import load_config
-from metarl.rl import MAMLTRPOLearner
+from metarl.rl import MAMLTRPOLearner, make_rl_learner
 from metarl.rngs import Rngs
 from metarl.trainer import Trainer, TrainingError, load_checkpoint
 
@@ -27,7 +27,7 @@ TINY = [
 def _weights_after(iterations: int, seed: int = 0, extra: tuple[str, ...] = ()) -> dict:
     cfg = load_config(None, [*TINY, f"seed={seed}", *extra])
     rngs = Rngs.from_seed(cfg.seed)
-    learner = MAMLTRPOLearner(cfg, rngs)
+    learner = make_rl_learner(cfg, rngs)  # MAMLTRPOLearner unless `method=` says otherwise
     try:
         for _ in range(iterations):
             learner.step(rngs)
@@ -133,3 +133,13 @@ def test_short_navigation_run_learns_to_adapt(tmp_path: Path) -> None:
     assert post[-5:].mean() > post[:3].mean() + 30, post
     assert post[-5:].mean() > pre[-5:].mean() + 4, (pre, post)
     assert sum(float(r["trpo/step_accepted"]) for r in rows) >= 10
+
+
+@pytest.mark.parametrize("method", ["maml", "pretrained"])
+def test_hvp_subsample_trains_and_changes_the_step(method: str) -> None:
+    cfg = load_config(None, [*TINY, f"method={method}"])
+    assert cfg.trpo.hvp_subsample == 1.0  # the paper's: all tasks
+    full = _weights_after(1, extra=(f"method={method}",))
+    sub = _weights_after(1, extra=(f"method={method}", "trpo.hvp_subsample=0.34"))
+    assert all(bool(torch.isfinite(v).all()) for v in sub.values())
+    assert not all(torch.equal(full[k], sub[k]) for k in full)

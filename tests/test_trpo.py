@@ -248,3 +248,29 @@ def test_hvp_methods_are_the_configs_choices() -> None:
     from metarl.config import TRPOConfig
 
     assert set(typing.get_args(typing.get_type_hints(TRPOConfig)["hvp"])) == set(HVP_METHODS)
+
+
+def test_trpo_step_solves_with_the_curvature_kl_and_checks_the_real_kl() -> None:
+    """``curvature_kl_fn`` (e.g. a subsample's KL) shapes the direction, B^-1 g; the line
+    search still holds the real KL (A here) to max_kl."""
+    gen = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 6, generator=gen, dtype=D)
+    a = m @ m.T + torch.eye(6, dtype=D)
+    b = torch.diag(torch.linspace(1.0, 5.0, 6, dtype=D))
+    g = torch.randn(6, generator=gen, dtype=D)
+    theta = {"x": torch.zeros(6, dtype=D)}
+    max_kl = 0.01
+    new, stats = trpo_step(
+        theta,
+        lambda p: g @ p["x"],
+        lambda p: 0.5 * p["x"] @ a @ p["x"],
+        max_kl=max_kl, damping=0.0, cg_iters=6, hvp="exact",
+        curvature_kl_fn=lambda p: 0.5 * p["x"] @ b @ p["x"],
+    )  # fmt: skip
+    step = new["x"]
+    direction = -torch.linalg.solve(b, g)
+    cos = float(step @ direction / (step.norm() * direction.norm()))
+    assert stats.step_accepted and cos > 1 - 1e-9
+    assert float(0.5 * step @ a @ step) <= max_kl * (1 + 1e-9)
+    wrong = -torch.linalg.solve(a, g)  # the A-direction differs: the test can fail
+    assert float(wrong @ direction / (wrong.norm() * direction.norm())) < 0.99
