@@ -4,7 +4,11 @@ Sub-env ``n`` runs task ``n // episodes_per_task`` for exactly one episode per c
 Gymnasium's autoreset never splices two episodes together: a sub-env that has ended is masked
 until the slowest episode ends (or the horizon is reached), and its autoreset step is ignored.
 One batched policy forward per time step picks the actions of all sub-envs; no gradients are
-kept, and the policy never leaves this process (workers only step envs).
+kept. In the ``local`` and ``processes`` backends (:class:`Sampler`) the policy never leaves
+this process (worker processes only step envs); the ``ray`` backend
+(:class:`metarl.ray_sampler.RaySampler`) runs one such rollout per actor on its slice of the
+tasks. A call's randomness is drawn up front (:class:`RolloutDraws`), so all backends give the
+same episodes.
 """
 
 from __future__ import annotations
