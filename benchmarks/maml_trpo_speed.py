@@ -3,6 +3,7 @@ the accuracy of those products; and the HalfCheetahVel sampling rate.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/maml_trpo_speed.py [--iters 3]
         [--methods finite_difference exact gauss_newton] [--skip-cheetah] [--skip-accuracy]
+        [--cheetah-backends processes ray]
         [--tune-malloc] [--hvp-subsample 1.0 0.1]
 
 1. Navigation2D, 20 tasks x 20 episodes x horizon 100 (40,000 train and 40,000 valid steps),
@@ -18,10 +19,11 @@ the accuracy of those products; and the HalfCheetahVel sampling rate.
    vector conjugate gradient multiplies) and on all ten conjugate-gradient vectors of the
    exact solve (cosine, and minimum cosine), and the cosine of the solved step direction.
    ``finite_difference`` is shown at the default ``fd_base_eps`` and at the paper's 1e-5.
-3. HalfCheetahVel, 40 tasks x 20 episodes x horizon 200 on the ``processes`` sampler with two
-   workers: env steps per second of one ``Sampler.sample`` call (after a warm-up call), beside
-   raw ``HalfCheetah-v5`` stepping (single env, random actions) in the same run, and the ratio
-   to twice the raw single-core rate.
+3. HalfCheetahVel, 40 tasks x 20 episodes x horizon 200 on the ``processes`` sampler (and,
+   with ``--cheetah-backends processes ray``, the ``ray`` one) with two workers: env steps per
+   second of one ``sample`` call (after a warm-up call), beside raw ``HalfCheetah-v5`` stepping
+   (single env, random actions) in the same run, and the ratio to twice the raw single-core
+   rate.
 
 ``--tune-malloc`` raises glibc's trim threshold and top pad (``mallopt``) before anything runs,
 so that freed 16 MB activations are reused instead of returned to the kernel and faulted in
@@ -56,7 +58,7 @@ from metarl.config import load_config
 from metarl.maml_rl import MetaBatch, MetaDerivatives, adapt_tasks, adapted_stats, meta_kl
 from metarl.rl import MAMLTRPOLearner, make_policy, task_env
 from metarl.rngs import Rngs
-from metarl.sampler import Sampler, make_env
+from metarl.sampler import make_env, make_sampler
 from metarl.trpo import conjugate_gradient, exact_hvp_closure, hvp_finite_difference
 
 METHODS = ("finite_difference", "exact", "gauss_newton")
@@ -200,19 +202,18 @@ def raw_cheetah_rate(seconds: float) -> float:
     return steps / elapsed
 
 
-def cheetah_figures(seconds: float, seed: int) -> dict[str, float]:
+def cheetah_figures(seconds: float, seed: int, backend: str) -> dict[str, float]:
     overrides = ["kind=rl", "env.id=metarl/HalfCheetahVel-v0", "env.horizon=200"]
-    overrides += ["meta_batch_size=40", "episodes_per_task=20", "sampler.backend=processes"]
+    overrides += ["meta_batch_size=40", "episodes_per_task=20", f"sampler.backend={backend}"]
     config = load_config(None, [*overrides, "sampler.num_workers=2"])
     env = make_env(config.env.id)
     policy = make_policy(config, env)
     params = policy.init_params(torch.Generator().manual_seed(seed))
     tasks = task_env(env, config.env.id).sample_tasks(40, np.random.default_rng(seed))
     generator = torch.Generator().manual_seed(seed)
-    with Sampler(
-        env_id=config.env.id, num_tasks=40, episodes_per_task=20, horizon=200,
-        backend="processes", num_workers=2,
-    ) as sampler:  # fmt: skip
+    with make_sampler(
+        config.sampler, env_id=config.env.id, num_tasks=40, episodes_per_task=20, horizon=200
+    ) as sampler:
         sampler.sample(policy, params, tasks, generator=generator, seed=seed)
         start = time.perf_counter()
         batch = sampler.sample(policy, params, tasks, generator=generator, seed=seed + 1)
@@ -222,10 +223,10 @@ def cheetah_figures(seconds: float, seed: int) -> dict[str, float]:
         raw = raw_cheetah_rate(seconds)
     rate = float(batch.mask.sum()) / elapsed
     return {
-        "cheetah/sample_s": elapsed,
-        "cheetah/steps_per_s": rate,
-        "cheetah/raw_single_steps_per_s": raw,
-        "cheetah/ratio_to_2x_raw": rate / (2.0 * raw),
+        f"cheetah/{backend}/sample_s": elapsed,
+        f"cheetah/{backend}/steps_per_s": rate,
+        f"cheetah/{backend}/raw_single_steps_per_s": raw,
+        f"cheetah/{backend}/ratio_to_2x_raw": rate / (2.0 * raw),
     }
 
 
@@ -245,6 +246,9 @@ def main() -> None:
     parser.add_argument("--fd-eps", type=float, nargs="*", default=None, help="default, 1e-5")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-cheetah", action="store_true")
+    parser.add_argument(
+        "--cheetah-backends", nargs="*", default=["processes"], choices=["processes", "ray"]
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="raw cheetah stepping")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tune-malloc", action="store_true")
@@ -270,9 +274,10 @@ def main() -> None:
             report(acc)
             figures.update(acc)
     if not args.skip_cheetah:
-        cheetah = cheetah_figures(args.seconds, args.seed)
-        report(cheetah)
-        figures.update(cheetah)
+        for backend in args.cheetah_backends:
+            cheetah = cheetah_figures(args.seconds, args.seed, backend)
+            report(cheetah)
+            figures.update(cheetah)
     print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in figures.items()}))
 
 
