@@ -9,8 +9,8 @@ MuJoCo steps with the paper's policy (2 x 100 ReLU) after a warm-up call (worker
 built, Ray started): the median over ``--reps`` of env steps per second. Beside them: raw
 ``HalfCheetah-v5`` stepping (one env, random actions, no policy, best of five windows) in the
 same run, and the fixed cost of one call (a 1-step rollout of 2 tasks x 1 episode) per
-backend. Ray's overhead is its rate against ``processes`` at the same worker count. ``ray`` starts a local Ray on
-127.0.0.1 with as many CPUs as the machine has, or joins ``--address``.
+backend. Ray's overhead is its rate against ``processes`` at the same worker count. ``ray``
+starts a local Ray on 127.0.0.1 with as many CPUs as the machine has, or joins ``--address``.
 
 All backends give the same episodes for the same seeds (tests/test_ray_sampler.py); the last
 line printed is one JSON object with all figures.
