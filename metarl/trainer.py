@@ -24,8 +24,10 @@ CONFIG = "config.yaml"
 PROGRESS = "progress.csv"
 CHECKPOINT_FORMAT = 1
 
-# Keys that may change when a run is resumed (e.g. to train for longer).
-RESUMABLE_CHANGES = frozenset({"iterations", "log_every", "checkpoint_every"})
+# Keys that may change when a run is resumed (e.g. to train for longer, or with a lower
+# meta_lr for the last iterations: the supervised learners keep Adam's moments and take the
+# new rate).
+RESUMABLE_CHANGES = frozenset({"iterations", "log_every", "checkpoint_every", "meta_lr"})
 
 
 class TrainingError(RuntimeError):

@@ -73,8 +73,25 @@ def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_an_old_dir(tmp_
     _train(tmp_path / "r", 5)
     with pytest.raises(CheckpointError, match="already holds a run; pass --resume"):
         _train(tmp_path / "r", 5)
-    with pytest.raises(ConfigError, match="meta_lr differ"):
-        _train(tmp_path / "r", 10, resume=True, extra=("meta_lr=0.5",))
+    with pytest.raises(ConfigError, match=r"inner\.lr differ"):
+        _train(tmp_path / "r", 10, resume=True, extra=("inner.lr=0.5",))
+
+
+def test_resume_with_a_lower_meta_lr_keeps_adams_moments_and_takes_the_new_rate(
+    tmp_path: Path,
+) -> None:
+    _train(tmp_path / "r", 5)
+    before = torch.load(tmp_path / "r/checkpoint.pt", weights_only=False)["learner"]["optimizer"]
+    cfg = load_config(None, [*SMALL, "iterations=5", "meta_lr=1e-4"])
+    rngs = Rngs.from_seed(cfg.seed)
+    learner = SinusoidLearner(cfg, rngs)
+    ckpt = load_checkpoint(tmp_path / "r")
+    learner.load_state_dict(ckpt.learner)
+    assert all(g["lr"] == 1e-4 for g in learner.optimizer.param_groups)
+    state = learner.optimizer.state_dict()["state"]
+    assert all(torch.equal(state[k]["exp_avg"], before["state"][k]["exp_avg"]) for k in state)
+    _train(tmp_path / "r", 10, resume=True, extra=("meta_lr=1e-4",))  # the trainer allows it
+    assert [int(r["iteration"]) for r in _rows(tmp_path / "r/progress.csv")] == [5, 10]
 
 
 class _NaNAfter:

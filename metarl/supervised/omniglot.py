@@ -24,6 +24,7 @@ from metarl.config import ConfigError, InnerLoopConfig, OmniglotConfig, Omniglot
 from metarl.evaluation import curve_rows
 from metarl.networks import DTYPES
 from metarl.rngs import Rngs, held_out_generator
+from metarl.supervised import restore_weights_and_optimizer
 from metarl.supervised.convnet import ConvNet, init_convnet_params, output_size
 from metarl.supervised.omniglot_data import (
     IMAGE_SIZE,
@@ -199,10 +200,7 @@ class OmniglotLearner:
         return {"params": self.weights(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            for name, value in state["params"].items():
-                self.params[name].copy_(value)
-        self.optimizer.load_state_dict(state["optimizer"])
+        restore_weights_and_optimizer(self.params, self.optimizer, state, self.config.meta_lr)
 
     def close(self) -> None:
         """Nothing to release."""

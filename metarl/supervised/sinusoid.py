@@ -24,6 +24,7 @@ from metarl.config import (
 from metarl.evaluation import curve_rows
 from metarl.networks import DTYPES, MLP, apply, init_params
 from metarl.rngs import Rngs, held_out_generator
+from metarl.supervised import restore_weights_and_optimizer
 
 EVAL_STREAM = 0x5E1D  # mixes held-out task streams apart from training streams
 
@@ -183,10 +184,7 @@ class SinusoidLearner:
         """Nothing to release."""
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            for name, value in state["params"].items():
-                self.params[name].copy_(value)
-        self.optimizer.load_state_dict(state["optimizer"])
+        restore_weights_and_optimizer(self.params, self.optimizer, state, self.config.meta_lr)
 
 
 def eval_generator(seed: int, shots: int) -> torch.Generator:
