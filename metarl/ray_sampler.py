@@ -143,6 +143,7 @@ class RaySampler(EpisodeSampler):
         self._closed = False
         self._spec: PolicySpec | None = None
         self._actors: list[Any] = []
+        self._actor_cls: Any = None
         self.restarts = 0
         """Actors replaced so far (dead or hung)."""
 
@@ -151,8 +152,10 @@ class RaySampler(EpisodeSampler):
     def _spawn(self, i: int) -> Any:
         assert self._spec is not None
         a, b = self.bounds[i]
-        actor_cls = self._ray.remote(num_cpus=self.cpus_per_worker, max_restarts=0)(RolloutWorker)
-        return actor_cls.remote(
+        if self._actor_cls is None:  # one remote class for all the actors of this sampler
+            remote = self._ray.remote(num_cpus=self.cpus_per_worker, max_restarts=0)
+            self._actor_cls = remote(RolloutWorker)
+        return self._actor_cls.remote(
             env_id=self.env_id,
             num_tasks=b - a,
             episodes_per_task=self.episodes_per_task,
@@ -170,7 +173,8 @@ class RaySampler(EpisodeSampler):
         self._actors = [self._spawn(i) for i in range(len(self.bounds))]
 
     def _replace(self, i: int) -> None:
-        self._ray.kill(self._actors[i], no_restart=True)
+        with contextlib.suppress(Exception):  # a dead actor needs no kill
+            self._ray.kill(self._actors[i], no_restart=True)
         self._actors[i] = self._spawn(i)
         self.restarts += 1
 
