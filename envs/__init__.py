@@ -33,7 +33,11 @@ _ENTRY_POINTS: dict[str, tuple[str, int]] = {
     "AntDir-v0": ("envs.ant:AntDirEnv", 200),
     "AntGoal-v0": ("envs.ant:AntGoalEnv", 200),
 }
-_VECTOR_ENTRY_POINTS = {"Navigation2D-v0": "envs.navigation:Navigation2DVectorEnv"}
+_VECTOR_ENTRY_POINTS = {
+    "Navigation2D-v0": "envs.navigation:Navigation2DVectorEnv",
+    "HalfCheetahVel-v0": "envs.half_cheetah:HalfCheetahVelVectorEnv",
+    "HalfCheetahDir-v0": "envs.half_cheetah:HalfCheetahDirVectorEnv",
+}
 
 ENV_IDS: tuple[str, ...] = tuple(f"{NAMESPACE}/{name}" for name in _ENTRY_POINTS)
 """The ids of all task envs registered here."""

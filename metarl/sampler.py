@@ -28,7 +28,7 @@ from envs.oracle import OracleEnv
 from metarl.config import SamplerConfig
 from metarl.episodes import EpisodeBatch
 from metarl.policies import MLPPolicy, Params
-from metarl.vector import SerialVectorEnv, ShardedVectorEnv
+from metarl.vector import ShardedVectorEnv, ShardFn, serial_shards
 
 Backend = Literal["local", "processes"]
 
@@ -70,15 +70,25 @@ def make_vector_env(
 ) -> gym.vector.VectorEnv[Any, Any, Any]:
     """A vector env of ``num_envs`` sub-envs: the env's own batched implementation when it
     registers a ``vector_entry_point`` (and ``oracle`` is off), else a
-    :class:`SerialVectorEnv` (``local``) or a :class:`ShardedVectorEnv` over ``num_workers``
-    processes (``processes``)."""
+    :class:`SerialVectorEnv` of single envs; in this process (``local``) or split into
+    contiguous shards stepped by ``num_workers`` processes (``processes``,
+    :class:`ShardedVectorEnv`)."""
     env_id = resolve_env_id(env_id)
+    make_shard: ShardFn
     if gym.spec(env_id).vector_entry_point is not None and not oracle:
-        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
-    fns = [functools.partial(make_env, env_id, oracle=oracle) for _ in range(num_envs)]
+        make_shard = functools.partial(_native_shard, env_id)
+    else:
+        make_shard = serial_shards(
+            [functools.partial(make_env, env_id, oracle=oracle) for _ in range(num_envs)]
+        )
     if backend == "processes":
-        return ShardedVectorEnv(fns, num_workers=num_workers)
-    return SerialVectorEnv(fns)
+        return ShardedVectorEnv(make_shard, num_envs, num_workers=num_workers)
+    return make_shard(0, num_envs)
+
+
+def _native_shard(env_id: str, start: int, stop: int) -> gym.vector.VectorEnv[Any, Any, Any]:
+    """The env's own batched vector env over ``stop - start`` sub-envs."""
+    return gym.make_vec(env_id, num_envs=stop - start, vectorization_mode="vector_entry_point")
 
 
 class EpisodeSampler:

@@ -8,6 +8,7 @@ no gradients, no torch, no locks; they run one BLAS/OpenMP thread.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import multiprocessing as mp
 import os
@@ -22,6 +23,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 EnvFn = Callable[[], gym.Env[Any, Any]]
+ShardFn = Callable[[int, int], VectorEnv[Any, Any, Any]]
+"""Builds the vector env of sub-envs ``[start, stop)`` (in a worker process); picklable."""
 
 
 class SerialVectorEnv(VectorEnv[Any, Any, Any]):
@@ -96,6 +99,15 @@ class SerialVectorEnv(VectorEnv[Any, Any, Any]):
             env.close()
 
 
+def serial_shards(env_fns: Sequence[EnvFn]) -> ShardFn:
+    """Shards of :class:`SerialVectorEnv` over slices of ``env_fns``."""
+    return functools.partial(_serial_shard, tuple(env_fns))
+
+
+def _serial_shard(env_fns: Sequence[EnvFn], start: int, stop: int) -> SerialVectorEnv:
+    return SerialVectorEnv(env_fns[start:stop])
+
+
 def _seeds(seed: int | Sequence[int | None] | None, n: int) -> list[int | None]:
     """One reset seed per sub-env, as Gymnasium's vector envs take them."""
     if seed is None:
@@ -108,9 +120,9 @@ def _seeds(seed: int | Sequence[int | None] | None, n: int) -> list[int | None]:
     return seeds
 
 
-def _worker(remote: Connection, env_fns: Sequence[EnvFn]) -> None:
+def _worker(remote: Connection, make_shard: ShardFn, start: int, stop: int) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
-    envs = SerialVectorEnv(env_fns)
+    envs: Any = make_shard(start, stop)  # a VectorEnv with set_attr/get_attr (untyped upstream)
     try:
         while True:
             cmd, data = remote.recv()
@@ -144,18 +156,27 @@ def shard_bounds(num_envs: int, num_workers: int) -> list[tuple[int, int]]:
 
 
 class ShardedVectorEnv(VectorEnv[Any, Any, Any]):
-    """``num_envs`` sub-envs stepped by ``num_workers`` processes (NEXT_STEP autoreset)."""
+    """``num_envs`` sub-envs stepped by ``num_workers`` processes (NEXT_STEP autoreset).
+
+    Worker ``w`` builds ``make_shard(start, stop)`` for its contiguous slice: a
+    :class:`SerialVectorEnv` of single envs (:func:`serial_shards`) or an env's own batched
+    vector env."""
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.NEXT_STEP}  # noqa: RUF012
 
     def __init__(
-        self, env_fns: Sequence[EnvFn], *, num_workers: int = 2, context: str | None = None
+        self,
+        make_shard: ShardFn,
+        num_envs: int,
+        *,
+        num_workers: int = 2,
+        context: str | None = None,
     ) -> None:
-        self.num_envs = len(env_fns)
+        self.num_envs = num_envs
         self.bounds = shard_bounds(self.num_envs, num_workers)
-        probe = env_fns[0]()
-        self.single_observation_space = probe.observation_space
-        self.single_action_space = probe.action_space
+        probe = make_shard(0, 1)
+        self.single_observation_space = probe.single_observation_space
+        self.single_action_space = probe.single_action_space
         probe.close()
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
@@ -166,7 +187,7 @@ class ShardedVectorEnv(VectorEnv[Any, Any, Any]):
         self.processes = []
         for start, stop in self.bounds:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, list(env_fns[start:stop])), daemon=True)
+            proc = ctx.Process(target=_worker, args=(child, make_shard, start, stop), daemon=True)
             proc.start()
             child.close()
             self.remotes.append(parent)

@@ -216,3 +216,69 @@ def test_set_task_changes_the_reward_as_specified(env_id, task_a, task_b, differ
     expected = np.array([difference(info) for _, info in steps_a])
     np.testing.assert_allclose(rewards_a - rewards_b, expected, rtol=0, atol=1e-9)
     assert np.abs(expected).max() > 0.1
+
+
+# --- the batched half-cheetah vector envs ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env_id", "tasks"),
+    [
+        ("metarl/HalfCheetahVel-v0", [VelocityTask(v) for v in (0.1, 0.7, 1.5, 1.9)]),
+        ("metarl/HalfCheetahDir-v0", [DirectionTask(d) for d in (1, -1, -1, 1)]),
+    ],
+)
+def test_batched_half_cheetah_equals_single_envs_bitwise(env_id: str, tasks: list) -> None:
+    from metarl.vector import SerialVectorEnv
+
+    kwargs = {"max_episode_steps": 7}  # 20 steps: two time-limit ends and autoresets each
+    batched = gym.make_vec(env_id, num_envs=4, vectorization_mode="vector_entry_point", **kwargs)
+    single = SerialVectorEnv([lambda: gym.make(env_id, **kwargs)] * 4)
+    assert type(batched).__name__.endswith("VectorEnv") and batched.num_envs == 4
+    assert batched.single_observation_space == single.single_observation_space
+    assert batched.single_action_space == single.single_action_space
+    for env in (batched, single):
+        env.set_attr("task", tasks)
+    assert batched.get_attr("task") == tuple(tasks)
+    obs_b, _ = batched.reset(seed=[3, 4, 5, 6])
+    obs_s, _ = single.reset(seed=[3, 4, 5, 6])
+    assert obs_b.dtype == obs_s.dtype == np.float64
+    np.testing.assert_array_equal(obs_b, obs_s)
+    rng = np.random.default_rng(0)
+    ends = 0
+    for _ in range(20):
+        actions = rng.uniform(-1, 1, (4, 6)).astype(np.float32)
+        got, want = batched.step(actions)[:4], single.step(actions)[:4]
+        for x, y in zip(got, want, strict=True):
+            assert x.dtype == y.dtype
+            np.testing.assert_array_equal(x, y)
+        ends += int(got[3].sum())
+    assert ends == 8
+    assert len({float(r) for r in got[1]}) == 4  # the tasks' rewards differ
+
+
+def test_batched_half_cheetah_resets_seeds_and_rejects_bad_input() -> None:
+    env = gym.make_vec(
+        "metarl/HalfCheetahVel-v0", num_envs=3, vectorization_mode="vector_entry_point"
+    )
+    assert env.max_episode_steps == 200  # the registered horizon
+    first, _ = env.reset(seed=10)
+    again, _ = env.reset(seed=[10, 11, 12])  # an int seeds sub-env i with seed + i
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first[0], first[1])
+    moved = env.step(np.ones((3, 6), dtype=np.float32))[0]
+    partial, _ = env.reset(seed=[10, 11, 12], options={"reset_mask": np.array([True, False, True])})
+    np.testing.assert_array_equal(partial[[0, 2]], first[[0, 2]])
+    np.testing.assert_array_equal(partial[1], moved[1])
+    with pytest.raises(ValueError, match="actions must have shape"):
+        env.step(np.zeros((2, 6), dtype=np.float32))
+    with pytest.raises(ValueError, match="2 seeds for 3 sub-envs"):
+        env.reset(seed=[1, 2])
+    with pytest.raises(ValueError, match="one task per sub-env"):
+        env.set_attr("task", [VelocityTask(1.0)] * 2)
+    with pytest.raises(ValueError, match="velocity"):
+        env.set_attr("task", VelocityTask(5.0))
+    with pytest.raises(TypeError):
+        env.set_attr("task", DirectionTask(1))
+    with pytest.raises(AttributeError, match="only set 'task'"):
+        env.set_attr("goal", 1.0)

@@ -179,6 +179,32 @@ def test_process_backend_equals_local_backend_on_mujoco() -> None:
     assert not torch.equal(local.observations[0, 0], local.observations[0, 1])  # seeded resets
 
 
+@pytest.mark.parametrize("backend", ["local", "processes"])
+def test_batched_half_cheetah_sampler_equals_single_envs(backend: str) -> None:
+    """The sampler on the batched env (shards of it on two processes) gives bitwise the
+    episodes of the same sampler stepping HalfCheetahVel-v0 single envs."""
+    from metarl.vector import SerialVectorEnv
+
+    env_id = "metarl/HalfCheetahVel-v0"
+    policy, params = _policy(17, 6)
+    tasks = make_env(env_id).unwrapped.sample_tasks(3, np.random.default_rng(1))
+    kw = {"env_id": env_id, "num_tasks": 3, "episodes_per_task": 2, "horizon": 12}
+    batches = []
+    for single in (False, True):
+        with Sampler(**kw, backend=backend, num_workers=2) as sampler:
+            if single:
+                sampler.envs.close()
+                sampler.envs = SerialVectorEnv([lambda: gym.make(env_id)] * 6)
+            else:
+                assert "SerialVectorEnv" not in repr(sampler.envs)
+            batches.append(
+                sampler.sample(policy, params, tasks, seed=5, generator=torch.Generator())
+            )
+    batched, single_envs = batches
+    for name in ("observations", "actions", "rewards", "mask", "log_probs", "last_observations"):
+        assert torch.equal(getattr(batched, name), getattr(single_envs, name)), name
+
+
 def test_unknown_env_ids_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="unknown env id 'metarl/Nope-v0'; registered task envs"):
         resolve_env_id("metarl/Nope-v0")
