@@ -4,7 +4,7 @@ the accuracy of those products; and the HalfCheetahVel sampling rate.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/maml_trpo_speed.py [--iters 3]
         [--methods finite_difference exact gauss_newton] [--skip-cheetah] [--skip-accuracy]
         [--cheetah-backends processes ray]
-        [--tune-malloc] [--hvp-subsample 1.0 0.1]
+        [--tune-malloc] [--hvp-subsample 1.0 0.1] [--learner-threads 1 2]
 
 1. Navigation2D, 20 tasks x 20 episodes x horizon 100 (40,000 train and 40,000 valid steps),
    Gaussian MLP 2-100-100-2 ReLU, one inner VPG step, second order: ``MAMLTRPOLearner.step``
@@ -12,7 +12,9 @@ the accuracy of those products; and the HalfCheetahVel sampling rate.
    adaptation and TRPO (and of the whole iteration, wall and CPU), per ``trpo.hvp`` method.
    Each method trains from the same seed, so the iterations see the same first batch.
    ``--hvp-subsample 1.0 0.1`` also times each method with the products on 10% of the tasks
-   (``trpo.hvp_subsample``; the gradient and the line search still use all).
+   (``trpo.hvp_subsample``; the gradient and the line search still use all), and
+   ``--learner-threads 1 2`` with one and two torch threads for the adaptation and the outer
+   step (``learner_threads``; sampling keeps one).
 2. Accuracy on real Navigation2D meta-batches (``--accuracy-at``: after that many training
    iterations; 0 is the initialisation, the hardest case for finite differences): each
    method's product against exact double backprop at theta_old, on the gradient (the first
@@ -81,13 +83,16 @@ def peak_rss_mb() -> float:
 # ------------------------------------------------------------------------- 1. speed
 
 
-def time_method(hvp: str, iters: int, seed: int, subsample: float = 1.0) -> dict[str, float]:
+def time_method(
+    hvp: str, iters: int, seed: int, subsample: float = 1.0, threads: int = 1
+) -> dict[str, float]:
     """Median seconds per meta-iteration (and its parts) of ``iters`` iterations after one
-    warm-up iteration, training with ``trpo.hvp=hvp`` (and ``trpo.hvp_subsample``; keys
-    ``hvp@subsample`` when below 1)."""
+    warm-up iteration, training with ``trpo.hvp=hvp`` (and ``trpo.hvp_subsample``, keys
+    ``hvp@subsample`` when below 1; ``learner_threads``, keys ``.../threads=N`` when above 1)."""
     overrides = [f"trpo.hvp={hvp}", f"trpo.hvp_subsample={subsample}", f"seed={seed}"]
-    config = load_config(None, [*NAV, *overrides])
+    config = load_config(None, [*NAV, *overrides, f"learner_threads={threads}"])
     name = hvp if subsample == 1.0 else f"{hvp}@{subsample:g}"
+    name = name if threads == 1 else f"{name}/threads={threads}"
     rngs = Rngs.from_seed(seed)
     learner = MAMLTRPOLearner(config, rngs)
     runs: list[dict[str, float]] = []
@@ -261,6 +266,9 @@ def main() -> None:
     parser.add_argument(
         "--hvp-subsample", type=float, nargs="*", default=[1.0], help="trpo.hvp_subsample values"
     )
+    parser.add_argument(
+        "--learner-threads", type=int, nargs="*", default=[1], help="learner_threads values"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.tune_malloc:
@@ -269,9 +277,10 @@ def main() -> None:
     figures["malloc_tuned"] = args.tune_malloc
     for hvp in args.methods:  # gauss_newton's peak memory first would need its own process
         for frac in args.hvp_subsample:
-            got = time_method(hvp, args.iters, args.seed, frac)
-            figures.update(got)
-            report(got)
+            for threads in args.learner_threads:
+                got = time_method(hvp, args.iters, args.seed, frac, threads)
+                figures.update(got)
+                report(got)
     if not args.skip_accuracy:
         default_eps = load_config(None, ["kind=rl"]).trpo.fd_base_eps
         fd_eps = args.fd_eps if args.fd_eps is not None else [default_eps, 1e-5]

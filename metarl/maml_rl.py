@@ -470,6 +470,69 @@ class _Adapted:
     kl_hessian: _OutputHessian | None = None
 
 
+class InnerSteps:
+    """The inner loop on a meta-batch's train episodes with :class:`MLPPolicy`'s task-batched
+    calculus: the VPG loss summed over tasks on contiguous per-task rows, and the forward and
+    backward passes of every inner step from given meta-weights."""
+
+    def __init__(
+        self, policy: MLPPolicy, train: EpisodeBatch, advantages: Tensor, inner: InnerLoop
+    ) -> None:
+        self.policy, self.inner, self.episodes = policy, inner, train
+        self.num_tasks = train.num_tasks
+        self.rows = task_rows(train, advantages)
+        self.loss = _over_tasks(
+            partial(_vpg_rows, policy), (self.rows, self.rows.advantages), total=True
+        )
+
+    def expand(self, theta: Params) -> Params:
+        """``theta`` repeated for every task, ``[K, ...]``."""
+        return {
+            k: v.detach().expand(self.num_tasks, *v.shape).contiguous() for k, v in theta.items()
+        }
+
+    def point(self, params: Params) -> tuple[_Point, Params]:
+        """The inner loss's forward and backward pass at ``params``, and its gradient."""
+        trace = self.policy.body_trace(params, self.rows.observations)
+        _, g_out, g_head = _output_grad(self.loss, trace.output, _head(self.policy, params))
+        cot = self.policy.body_vjp(params, trace, g_out)
+        return _Point(params, trace, cot), {**cot.grads, **g_head}
+
+    def run(self, theta: Params) -> tuple[tuple[_Point, ...], Params]:
+        """The inner steps from ``theta``: their passes (none when first order, whose
+        meta-gradient does not pull back through them) and the adapted weights ``[K, ...]``."""
+        params, steps = self.expand(theta), []
+        for _ in range(self.inner.steps):
+            point, grads = self.point(params)
+            steps.append(point)
+            params = {k: p - self.inner.lr * grads[k] for k, p in params.items()}
+        return (() if self.inner.first_order else tuple(steps)), params
+
+
+@dataclass(frozen=True)
+class TrainAdaptation:
+    """The adapted weights of every task from ``theta`` (``params``, ``[K, ...]``, detached:
+    what the sampler collects the valid episodes with), together with the inner passes that
+    :class:`MetaDerivatives` pulls the meta-gradient back through, so that the outer step
+    does not adapt a second time."""
+
+    inner: InnerSteps
+    theta: Params
+    steps: tuple[_Point, ...]
+    params: Params
+
+
+def adapt_train(
+    policy: MLPPolicy, theta: Params, train: EpisodeBatch, advantages: Tensor, inner: InnerLoop
+) -> TrainAdaptation:
+    """Adapt ``theta`` to every task of ``train`` (the same mathematics as
+    :func:`adapt_tasks`, on the task-batched calculus, keeping its passes)."""
+    loop = InnerSteps(policy, train, advantages, inner)
+    with torch.no_grad():
+        steps, params = loop.run(theta)
+    return TrainAdaptation(loop, theta, steps, params)
+
+
 class MetaDerivatives:
     """Meta-surrogate, meta-KL and their derivatives for one meta-batch, computed on
     contiguous per-task rows with :class:`MLPPolicy`'s task-batched calculus (batched matrix
@@ -480,60 +543,68 @@ class MetaDerivatives:
     step, ``J_k^T z = z - lr H_k z`` with ``H_k`` the inner loss's Hessian (Pearlmutter's
     R-operator); first-order MAML drops that term. ``theta_old`` must be the weights the valid
     episodes were collected with: its adapted policies are the 'old' ones of the KL.
+    ``adaptation`` (from :func:`adapt_train` at ``theta_old`` on ``batch.train``) is re-used
+    instead of adapting again.
 
-    The meta-gradient at ``theta_old`` is computed on construction. ``gauss_newton=True``
-    keeps what :meth:`gauss_newton_hvp` needs at ``theta_old`` (the passes there, the
-    output-space Hessians of the inner loss and of the KL and, when the policy supports them,
-    the row sums of :meth:`MLPPolicy.relu_moments`, which make every product several times
-    cheaper); without it those passes are dropped, leaving memory to finite differences or
-    double backprop.
+    The meta-gradient at ``theta_old`` is computed when first asked for.
+    ``gauss_newton=True`` keeps what :meth:`gauss_newton_hvp` needs at ``theta_old`` (the
+    passes there, the output-space Hessians of the inner loss and of the KL and, when the
+    policy supports them, the row sums of :meth:`MLPPolicy.relu_moments`, which make every
+    product several times cheaper).
     """
 
     def __init__(
-        self, policy: MLPPolicy, theta_old: Params, batch: MetaBatch, *, gauss_newton: bool = False
+        self,
+        policy: MLPPolicy,
+        theta_old: Params,
+        batch: MetaBatch,
+        *,
+        gauss_newton: bool = False,
+        adaptation: TrainAdaptation | None = None,
     ) -> None:
         self.policy, self.inner, self.theta_old = policy, batch.inner, theta_old
         self.num_tasks = batch.num_tasks
-        self.train = task_rows(batch.train, batch.train_advantages)
+        if adaptation is None:
+            adaptation = adapt_train(
+                policy, theta_old, batch.train, batch.train_advantages, batch.inner
+            )
+        elif not (
+            adaptation.theta is theta_old
+            and adaptation.inner.episodes is batch.train
+            and adaptation.inner.inner == batch.inner
+        ):
+            raise ValueError(
+                "MetaDerivatives: the adaptation must come from adapt_train at theta_old on "
+                "this batch's train episodes with its inner-loop settings"
+            )
+        self._inner = adaptation.inner
+        self.train = self._inner.rows
         self.valid = task_rows(batch.valid, batch.valid_advantages)
-        self._inner_loss = _over_tasks(
-            partial(_vpg_rows, policy), (self.train, self.train.advantages), total=True
-        )
+        self._inner_loss = self._inner.loss
         self._surrogate = _over_tasks(
             partial(_surrogate_rows, policy), (self.valid, self.valid.advantages), total=False
         )
         with torch.no_grad():
-            old = self._adapt(theta_old)
+            old = self._valid_pass(adaptation.steps, adaptation.params)
             head = _head(policy, old.params)
             self.old_stats: DistStats = torch.func.vmap(policy.head)(head, old.trace.output)
         self._kl = _over_tasks(partial(_kl_rows, policy), (self.valid, self.old_stats), total=False)
         with torch.no_grad():
             prepared = self._prepared(old) if gauss_newton else old
-            self._old_loss_grad = self._value_and_grad(self._surrogate, prepared)
         self._old = prepared if gauss_newton else None
+        self._at_old: _Adapted | None = prepared  # dropped once the gradient is taken
+        self._old_loss_grad: tuple[Tensor, Tensor] | None = None
 
     # ---------------------------------------------------------------- inner loop
 
     def _expand(self, theta: Params) -> Params:
-        return {
-            k: v.detach().expand(self.num_tasks, *v.shape).contiguous() for k, v in theta.items()
-        }
+        return self._inner.expand(theta)
 
-    def _inner_point(self, params: Params) -> tuple[_Point, Params]:
-        """The inner loss's forward and backward pass at ``params``, and its gradient."""
-        trace = self.policy.body_trace(params, self.train.observations)
-        _, g_out, g_head = _output_grad(self._inner_loss, trace.output, _head(self.policy, params))
-        cot = self.policy.body_vjp(params, trace, g_out)
-        return _Point(params, trace, cot), {**cot.grads, **g_head}
+    def _valid_pass(self, steps: tuple[_Point, ...], params: Params) -> _Adapted:
+        return _Adapted(steps, params, self.policy.body_trace(params, self.valid.observations))
 
     def _adapt(self, theta: Params) -> _Adapted:
-        params, steps = self._expand(theta), []
-        for _ in range(self.inner.steps):
-            point, grads = self._inner_point(params)
-            steps.append(point)
-            params = {k: p - self.inner.lr * grads[k] for k, p in params.items()}
-        keep = () if self.inner.first_order else tuple(steps)
-        return _Adapted(keep, params, self.policy.body_trace(params, self.valid.observations))
+        return self._valid_pass(*self._inner.run(theta))
 
     def _prepared(self, adapted: _Adapted) -> _Adapted:
         """``adapted`` with the output-space Hessians of every inner step and of the KL, and
@@ -615,6 +686,11 @@ class MetaDerivatives:
         """``(meta_surrogate, its flat gradient)`` at ``theta`` (at ``theta_old`` itself, the
         one computed on construction)."""
         if theta is self.theta_old:
+            if self._old_loss_grad is None:
+                assert self._at_old is not None
+                with torch.no_grad():
+                    self._old_loss_grad = self._value_and_grad(self._surrogate, self._at_old)
+                self._at_old = None  # leave the memory to finite differences or double backprop
             return self._old_loss_grad
         with torch.no_grad():
             return self._value_and_grad(self._surrogate, self._adapt(theta))
@@ -691,18 +767,24 @@ class TRPOSettings:
 
 
 def meta_trpo_step(
-    policy: MLPPolicy, params: Params, batch: MetaBatch, settings: TRPOSettings | None = None
+    policy: MLPPolicy,
+    params: Params,
+    batch: MetaBatch,
+    settings: TRPOSettings | None = None,
+    *,
+    adaptation: TrainAdaptation | None = None,
 ) -> tuple[Params, TRPOStats]:
     """One outer TRPO step on the meta-surrogate, with the meta-KL as the constraint.
 
     ``params`` must be the meta-weights the valid episodes were collected with (after
     adaptation), so that the old adapted policy is the sampling one. Gradients, finite
-    differences, Gauss-Newton products and the line search run on :class:`MetaDerivatives`;
-    ``hvp="exact"`` differentiates the autograd :func:`meta_kl` twice.
+    differences, Gauss-Newton products and the line search run on :class:`MetaDerivatives`
+    (re-using ``adaptation``, from :func:`adapt_train` at ``params`` on ``batch.train``, when
+    given); ``hvp="exact"`` differentiates the autograd :func:`meta_kl` twice.
     """
     s = settings or TRPOSettings()
     gauss_newton = s.hvp == "gauss_newton"
-    fast = MetaDerivatives(policy, params, batch, gauss_newton=gauss_newton)
+    fast = MetaDerivatives(policy, params, batch, gauss_newton=gauss_newton, adaptation=adaptation)
     old = _by_task_stats(fast.old_stats, batch.valid)
     k = s.curvature_tasks(batch.num_tasks)
     sub = batch if k == batch.num_tasks else batch.first_tasks(k)

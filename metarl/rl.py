@@ -5,10 +5,11 @@ Data goes one way: task env -> sampler -> episodes -> adaptation -> outer step -
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -23,7 +24,7 @@ from metarl.maml_rl import (
     MetaBatch,
     TRPOSettings,
     adapt_policy,
-    adapt_tasks,
+    adapt_train,
     compute_advantages,
     masked_mean,
     meta_trpo_step,
@@ -70,6 +71,19 @@ def task_env(env: gym.Env[Any, Any], env_id: str) -> TaskEnv:
             "set_task(task) and a task property (see README 'Your own task env')"
         )
     return inner
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != before:
+            torch.set_num_threads(before)
 
 
 def inner_loop(config: RLConfig) -> InnerLoop:
@@ -178,12 +192,13 @@ class TRPOLearner(PolicyLearner):
             obs = batch.observations[:, rows]
             return masked_mean(self.policy.kl(sub_old, p, obs), batch.mask[:, rows])
 
-        self.params, stats = trpo_step(
-            self.params, loss_fn, kl_fn, max_kl=t.max_kl, damping=t.damping,
-            cg_iters=t.cg_iters, hvp=t.hvp, fd_base_eps=t.fd_base_eps,
-            backtrack_ratio=t.backtrack_ratio, max_backtracks=t.max_backtracks,
-            curvature_kl_fn=curvature_kl_fn if k < batch.num_tasks else None,
-        )  # fmt: skip
+        with torch_threads(self.config.learner_threads):
+            self.params, stats = trpo_step(
+                self.params, loss_fn, kl_fn, max_kl=t.max_kl, damping=t.damping,
+                cg_iters=t.cg_iters, hvp=t.hvp, fd_base_eps=t.fd_base_eps,
+                backtrack_ratio=t.backtrack_ratio, max_backtracks=t.max_backtracks,
+                curvature_kl_fn=curvature_kl_fn if k < batch.num_tasks else None,
+            )  # fmt: skip
         return {
             "pre_adapt_return": float(batch.returns.mean()),
             **{f"trpo/{k}": v for k, v in stats.as_dict().items()},
@@ -207,12 +222,13 @@ class MAMLTRPOLearner(PolicyLearner):
         t_sample = time.perf_counter() - clock
         clock = time.perf_counter()
         train_adv = self.advantages(train)
-        adapted = adapt_tasks(self.policy, self.params, train, train_adv, self.inner)
+        with torch_threads(self.config.learner_threads):
+            adaptation = adapt_train(self.policy, self.params, train, train_adv, self.inner)
         t_adapt = time.perf_counter() - clock
         clock = time.perf_counter()
         valid = self.sampler.sample(
             self.policy,
-            adapted,
+            adaptation.params,
             tasks,
             generator=rngs.torch,
             seed=int(seeds[1]),
@@ -227,7 +243,10 @@ class MAMLTRPOLearner(PolicyLearner):
             valid_advantages=self.advantages(valid),
             inner=self.inner,
         )
-        self.params, trpo_stats = meta_trpo_step(self.policy, self.params, batch, self.trpo)
+        with torch_threads(self.config.learner_threads):
+            self.params, trpo_stats = meta_trpo_step(
+                self.policy, self.params, batch, self.trpo, adaptation=adaptation
+            )
         t_trpo = time.perf_counter() - clock
         return {
             "pre_adapt_return": float(train.returns.mean()),

@@ -27,7 +27,9 @@ CHECKPOINT_FORMAT = 1
 # Keys that may change when a run is resumed (e.g. to train for longer, or with a lower
 # meta_lr for the last iterations: the supervised learners keep Adam's moments and take the
 # new rate).
-RESUMABLE_CHANGES = frozenset({"iterations", "log_every", "checkpoint_every", "meta_lr"})
+RESUMABLE_CHANGES = frozenset(
+    {"iterations", "log_every", "checkpoint_every", "meta_lr", "learner_threads"}
+)
 
 
 class TrainingError(RuntimeError):

@@ -17,6 +17,7 @@ from metarl.maml_rl import (
     TRPOSettings,
     adapt_policy,
     adapt_tasks,
+    adapt_train,
     adapted_stats,
     compute_advantages,
     meta_kl,
@@ -410,6 +411,35 @@ def test_meta_derivatives_match_autograd(
             both, ref_both = fast.loss_and_kl(at), meta_surrogate_and_kl(pol, at, batch, old)
             torch.testing.assert_close(torch.stack(both), torch.stack(ref_both))
     assert float(ref_kl.norm()) > 1e-3  # away from theta the KL gradient is not trivially 0
+
+
+@pytest.mark.parametrize("inner", [InnerLoop(), InnerLoop(steps=2), InnerLoop(first_order=True)])
+def test_adapt_train_equals_adapt_tasks_and_is_reused_by_the_outer_step(
+    relu64: tuple[GaussianMLPPolicy, Params, MetaBatch], inner: InnerLoop
+) -> None:
+    pol, theta, batch = relu64
+    batch = with_inner(batch, inner)
+    adaptation = adapt_train(pol, theta, batch.train, batch.train_advantages, inner)
+    reference = adapt_tasks(pol, theta, batch.train, batch.train_advantages, inner)
+    for name, p in reference.items():
+        torch.testing.assert_close(adaptation.params[name], p, rtol=1e-12, atol=1e-14)
+    assert len(adaptation.steps) == (0 if inner.first_order else inner.steps)
+    reused = MetaDerivatives(pol, theta, batch, adaptation=adaptation)
+    fresh = MetaDerivatives(pol, theta, batch)
+    assert torch.equal(reused.loss_and_grad(theta)[1], fresh.loss_and_grad(theta)[1])
+    v = perturbed(theta, 13)
+    assert torch.equal(reused.kl_grad(v), fresh.kl_grad(v))
+    steps = [
+        meta_trpo_step(pol, theta, batch, TRPOSettings(), adaptation=a)[0]
+        for a in (adaptation, None)
+    ]
+    for name in theta:
+        assert torch.equal(steps[0][name], steps[1][name])
+    with pytest.raises(ValueError, match="adaptation must come from adapt_train at theta_old"):
+        MetaDerivatives(pol, perturbed(theta, 14), batch, adaptation=adaptation)
+    other = with_inner(batch, InnerLoop(lr=0.05))
+    with pytest.raises(ValueError, match="adaptation must come from adapt_train at theta_old"):
+        MetaDerivatives(pol, theta, other, adaptation=adaptation)
 
 
 @pytest.mark.parametrize("which", ["tanh", "relu"])

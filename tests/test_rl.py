@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from metarl.config import load_config
-from metarl.rl import MAMLTRPOLearner, make_rl_learner
+from metarl.rl import MAMLTRPOLearner, make_rl_learner, torch_threads
 from metarl.rngs import Rngs
 from metarl.trainer import Trainer, TrainingError, load_checkpoint
 
@@ -40,6 +40,25 @@ def test_same_seed_gives_identical_weights_after_two_iterations() -> None:
     a, b, c = _weights_after(2), _weights_after(2), _weights_after(2, seed=1)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("method", ["maml", "pretrained"])
+def test_learner_threads_only_change_the_last_bits_and_are_restored(method: str) -> None:
+    torch.set_num_threads(1)
+    wide = ("policy.hidden_sizes=[64,64]", f"method={method}")
+    one = _weights_after(1, extra=wide)
+    two = _weights_after(1, extra=(*wide, "learner_threads=2"))
+    assert torch.get_num_threads() == 1
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5)
+
+
+def test_torch_threads_restores_the_count_after_an_error() -> None:
+    torch.set_num_threads(1)
+    with pytest.raises(RuntimeError, match="inside"), torch_threads(2):
+        assert torch.get_num_threads() == 2
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == 1
 
 
 def test_first_order_flag_changes_training() -> None:
