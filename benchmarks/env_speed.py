@@ -4,9 +4,10 @@
 
 Prints one line per measurement and, last, one JSON object with all figures. Rates are sub-env
 steps per second (best of ``--repeats`` runs, raw and ours interleaved); ``overhead_pct`` is the
-extra time per step of our env over the raw v5 env. Raw HalfCheetah-v5 makes MuJoCo print its
-``settotalmass`` deprecation warning (and write MUJOCO_LOG.TXT): that is the baseline, not us,
-and it is made in a temporary directory.
+extra time per step of our env over the raw v5 env; the batched HalfCheetahVel vector env
+(``gymnasium.make_vec``, one process) is shown against one raw HalfCheetah-v5. Raw
+HalfCheetah-v5 makes MuJoCo print its ``settotalmass`` deprecation warning (and write
+MUJOCO_LOG.TXT): that is the baseline, not us, and it is made in a temporary directory.
 """
 
 from __future__ import annotations
@@ -110,11 +111,30 @@ def mujoco_figures(ours: str, raw: str, args: argparse.Namespace) -> dict[str, f
     return figures
 
 
+def batched_mujoco_figures(args: argparse.Namespace) -> dict[str, float]:
+    """The batched HalfCheetahVel vector env (``--num-cheetah`` sub-envs, one process) against
+    one raw HalfCheetah-v5, interleaved."""
+    ours, n = "metarl/HalfCheetahVel-v0", args.num_cheetah
+    batched_runs, raw_runs = [], []
+    for _ in range(args.repeats):
+        vec = gym.make_vec(ours, num_envs=n, vectorization_mode="vector_entry_point")
+        batched_runs.append(vector_env_rate(vec, args.seconds))
+        raw_runs.append(single_env_rate("HalfCheetah-v5", args.seconds))
+    return {
+        f"HalfCheetahVel_batched_{n}": max(batched_runs),
+        "HalfCheetah_v5_single_beside_batched": max(raw_runs),
+        f"HalfCheetahVel_batched_{n}_speedup_over_raw": max(batched_runs) / max(raw_runs),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="duration of one measurement")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per figure (best)")
     parser.add_argument("--num-nav", type=int, default=400, help="sub-envs of batched Nav2D")
+    parser.add_argument(
+        "--num-cheetah", type=int, default=400, help="sub-envs of batched HalfCheetahVel"
+    )
     parser.add_argument(
         "--async-envs", type=int, nargs="*", default=[2, 8], help="AsyncVectorEnv sizes"
     )
@@ -123,8 +143,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         for ours, raw in PAIRS.items():
             figures.update(mujoco_figures(ours, raw, args))
+        figures.update(batched_mujoco_figures(args))
     for key, value in figures.items():
-        unit = "%" if key.endswith("_pct") else " steps/s"
+        unit = "%" if key.endswith("_pct") else "x" if key.endswith("_over_raw") else " steps/s"
         print(f"{key:40s} {value:14,.1f}{unit}")
     print(json.dumps({k: round(v, 1) for k, v in figures.items()}))
 
