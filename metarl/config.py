@@ -214,9 +214,11 @@ class TRPOConfig:
     max_backtracks: int = bounded(15, ge=1)
     """Line-search tries before the step is rejected."""
     hvp_subsample: float = bounded(1.0, gt=0.0, le=1.0)
-    """Fraction of the tasks (at least one) whose KL curvature the Hessian-vector products use,
-    as rllab's subsample_factor (the TRPO paper used 10% of the data); 1.0, the paper's, uses
-    all. The gradient and the line search's KL check always use every task."""
+    """Fraction of every task's episodes (at least one) whose KL curvature the Hessian-vector
+    products use, as rllab's subsample_factor (the TRPO paper used 10% of the data): with MAML
+    each task is adapted on that share of its train episodes and its KL taken on that share of
+    its valid episodes. 1.0, the paper's, uses all. The gradient and the line search's KL
+    check always use every episode."""
 
 
 @dataclass(frozen=True)

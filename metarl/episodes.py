@@ -124,6 +124,28 @@ class EpisodeBatch:
             log_probs=split_tasks(self.log_probs, k),
         )
 
+    def first_episodes(self, e: int) -> EpisodeBatch:
+        """The first ``e`` episodes of every task as a batch (copies; a task's episodes are
+        i.i.d., so a random subset of each)."""
+        if not 1 <= e <= self.episodes_per_task:
+            raise IndexError(
+                f"EpisodeBatch.first_episodes: e={e} is not within [1, {self.episodes_per_task}]"
+            )
+        cols = episode_columns(self.num_tasks, self.episodes_per_task, e)
+        return EpisodeBatch(
+            observations=self.observations[:, cols],
+            actions=self.actions[:, cols],
+            rewards=self.rewards[:, cols],
+            mask=self.mask[:, cols],
+            lengths=self.lengths[cols],
+            terminated=self.terminated[cols],
+            truncated=self.truncated[cols],
+            last_observations=self.last_observations[cols],
+            log_probs=self.log_probs[:, cols],
+            num_tasks=self.num_tasks,
+            episodes_per_task=e,
+        )
+
     def task(self, i: int) -> EpisodeBatch:
         """The episodes of task ``i`` as a batch of one task (tensors are views)."""
         if not 0 <= i < self.num_tasks:
@@ -150,6 +172,13 @@ class EpisodeBatch:
             num_tasks=stop - start,
             episodes_per_task=self.episodes_per_task,
         )
+
+
+def episode_columns(num_tasks: int, episodes_per_task: int, e: int) -> Tensor:
+    """Columns of a task-major ``[T, K * E]`` layout that hold each task's first ``e``
+    episodes, in order."""
+    starts = torch.arange(num_tasks) * episodes_per_task
+    return (starts[:, None] + torch.arange(e)[None, :]).reshape(-1)
 
 
 def concat_tasks(parts: Sequence[EpisodeBatch]) -> EpisodeBatch:

@@ -34,7 +34,14 @@ from torch import Tensor
 
 from metarl.adaptation import adapt
 from metarl.baselines import fit_linear_baseline
-from metarl.episodes import EpisodeBatch, TaskEpisodes, gae, merge_tasks, split_tasks
+from metarl.episodes import (
+    EpisodeBatch,
+    TaskEpisodes,
+    episode_columns,
+    gae,
+    merge_tasks,
+    split_tasks,
+)
 from metarl.policies import (
     DistStats,
     MLPCotangents,
@@ -191,15 +198,17 @@ class MetaBatch:
         """Number of tasks K."""
         return self.train.num_tasks
 
-    def first_tasks(self, k: int) -> MetaBatch:
-        """The meta-batch of the first ``k`` tasks (tasks are drawn i.i.d., so a random
-        subset)."""
-        e_train, e_valid = self.train.episodes_per_task, self.valid.episodes_per_task
+    def first_episodes(self, e_train: int, e_valid: int) -> MetaBatch:
+        """The meta-batch of every task's first ``e_train`` train and ``e_valid`` valid
+        episodes (with their advantages)."""
+        k = self.num_tasks
+        train_cols = episode_columns(k, self.train.episodes_per_task, e_train)
+        valid_cols = episode_columns(k, self.valid.episodes_per_task, e_valid)
         return MetaBatch(
-            train=self.train.tasks(0, k),
-            train_advantages=self.train_advantages[:, : k * e_train],
-            valid=self.valid.tasks(0, k),
-            valid_advantages=self.valid_advantages[:, : k * e_valid],
+            train=self.train.first_episodes(e_train),
+            train_advantages=self.train_advantages[:, train_cols],
+            valid=self.valid.first_episodes(e_valid),
+            valid_advantages=self.valid_advantages[:, valid_cols],
             inner=self.inner,
         )
 
@@ -754,16 +763,18 @@ class TRPOSettings:
     max_backtracks: int = 15
     """Line-search tries."""
     hvp_subsample: float = 1.0
-    """Fraction of the tasks whose meta-KL curvature the Hessian-vector products use (at least
-    one task); 1.0 uses all, as the paper. The gradient and the line search always use all."""
+    """Fraction of every task's episodes (at least one) whose meta-KL curvature the
+    Hessian-vector products use: each task is adapted on that share of its train episodes and
+    its KL taken on that share of its valid episodes. 1.0 uses all, as the paper. The gradient
+    and the line search always use all."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.hvp_subsample <= 1.0:
             raise ValueError(f"hvp_subsample must be in (0, 1], got {self.hvp_subsample}")
 
-    def curvature_tasks(self, num_tasks: int) -> int:
-        """How many of ``num_tasks`` tasks the products use."""
-        return max(1, math.ceil(self.hvp_subsample * num_tasks - 1e-9))
+    def curvature_episodes(self, episodes_per_task: int) -> int:
+        """How many of a task's ``episodes_per_task`` episodes the products use."""
+        return max(1, math.ceil(self.hvp_subsample * episodes_per_task - 1e-9))
 
 
 def meta_trpo_step(
@@ -786,8 +797,10 @@ def meta_trpo_step(
     gauss_newton = s.hvp == "gauss_newton"
     fast = MetaDerivatives(policy, params, batch, gauss_newton=gauss_newton, adaptation=adaptation)
     old = _by_task_stats(fast.old_stats, batch.valid)
-    k = s.curvature_tasks(batch.num_tasks)
-    sub = batch if k == batch.num_tasks else batch.first_tasks(k)
+    e_train = s.curvature_episodes(batch.train.episodes_per_task)
+    e_valid = s.curvature_episodes(batch.valid.episodes_per_task)
+    full = (e_train, e_valid) == (batch.train.episodes_per_task, batch.valid.episodes_per_task)
+    sub = batch if full else batch.first_episodes(e_train, e_valid)
     curv = fast if sub is batch else MetaDerivatives(policy, params, sub, gauss_newton=gauss_newton)
     derivatives = Derivatives(
         loss_grad=fast.loss_and_grad, kl_grad=curv.kl_grad, gauss_newton=curv.gauss_newton_hvp

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from metarl.config import RLConfig, RLEvalConfig
-from metarl.episodes import EpisodeBatch, split_tasks
+from metarl.episodes import EpisodeBatch, episode_columns, split_tasks
 from metarl.evaluation import curve_rows
 from metarl.maml_rl import (
     InnerLoop,
@@ -184,20 +184,20 @@ class TRPOLearner(PolicyLearner):
             return masked_mean(self.policy.kl(old, p, batch.observations), batch.mask)
 
         t = self.trpo
-        k = t.curvature_tasks(batch.num_tasks)  # the products' subsample: the first k tasks
-        rows = slice(0, k * batch.episodes_per_task)
-        sub_old = {name: x[:, rows] for name, x in old.items()}
+        e = t.curvature_episodes(batch.episodes_per_task)  # the products' share of each task
+        cols = episode_columns(batch.num_tasks, batch.episodes_per_task, e)
+        sub_old = {name: x[:, cols] for name, x in old.items()}
+        sub_obs, sub_mask = batch.observations[:, cols], batch.mask[:, cols]
 
         def curvature_kl_fn(p: Params) -> torch.Tensor:
-            obs = batch.observations[:, rows]
-            return masked_mean(self.policy.kl(sub_old, p, obs), batch.mask[:, rows])
+            return masked_mean(self.policy.kl(sub_old, p, sub_obs), sub_mask)
 
         with torch_threads(self.config.learner_threads):
             self.params, stats = trpo_step(
                 self.params, loss_fn, kl_fn, max_kl=t.max_kl, damping=t.damping,
                 cg_iters=t.cg_iters, hvp=t.hvp, fd_base_eps=t.fd_base_eps,
                 backtrack_ratio=t.backtrack_ratio, max_backtracks=t.max_backtracks,
-                curvature_kl_fn=curvature_kl_fn if k < batch.num_tasks else None,
+                curvature_kl_fn=curvature_kl_fn if e < batch.episodes_per_task else None,
             )  # fmt: skip
         return {
             "pre_adapt_return": float(batch.returns.mean()),

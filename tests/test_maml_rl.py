@@ -325,26 +325,38 @@ def test_meta_trpo_step_decreases_surrogate_within_max_kl(
     )
 
 
-def test_hvp_subsample_uses_the_first_tasks_curvature_in_every_method(
+def test_hvp_subsample_uses_every_tasks_first_episodes_in_every_method(
     setup64: tuple[GaussianMLPPolicy, Params, MetaBatch],
 ) -> None:
-    """With hvp_subsample 2/3 (two of the three tasks) all three product methods solve with the
-    first two tasks' meta-KL curvature (float64, fine finite differences): their steps agree,
-    and differ from the all-tasks step."""
+    """With hvp_subsample 1/2 (two of each task's four episodes) all three product methods
+    solve with the meta-KL curvature of those episodes (float64, fine finite differences):
+    their steps agree, and differ from the all-episodes step. (Damping 1e-2: two episodes of a
+    task pin down few directions, and undamped conjugate gradient would amplify the products'
+    1e-10 differences in the others.)"""
     pol, theta, batch = setup64
-    assert TRPOSettings(hvp_subsample=0.1).curvature_tasks(20) == 2
-    assert TRPOSettings(hvp_subsample=0.01).curvature_tasks(20) == 1
-    assert TRPOSettings().curvature_tasks(20) == 20
+    assert TRPOSettings(hvp_subsample=0.1).curvature_episodes(20) == 2
+    assert TRPOSettings(hvp_subsample=0.01).curvature_episodes(20) == 1
+    assert TRPOSettings().curvature_episodes(20) == 20
     with pytest.raises(ValueError, match="hvp_subsample"):
         TRPOSettings(hvp_subsample=0.0)
-    one = batch.first_tasks(1)
-    assert one.num_tasks == 1 and torch.equal(
-        one.valid.observations, batch.valid.task(0).observations
-    )
+    half = batch.first_episodes(2, 1)
+    assert half.num_tasks == 3
+    assert (half.train.episodes_per_task, half.valid.episodes_per_task) == (2, 1)
+    for k in range(3):  # task k's first episodes, with their advantages
+        torch.testing.assert_close(
+            half.train.task(k).observations, batch.train.task(k).observations[:, :2]
+        )
+        torch.testing.assert_close(half.train_advantages[:, 2 * k : 2 * k + 2],
+                                   batch.train_advantages[:, 4 * k : 4 * k + 2])  # fmt: skip
+        torch.testing.assert_close(half.valid.task(k).actions, batch.valid.task(k).actions[:, :1])
+    with pytest.raises(IndexError, match="first_episodes"):
+        batch.train.first_episodes(5)
     steps = {}
     for hvp in ("finite_difference", "exact", "gauss_newton"):
-        for frac in (1.0, 2 / 3):
-            settings = TRPOSettings(max_kl=0.01, hvp=hvp, hvp_subsample=frac, fd_base_eps=1e-5)  # type: ignore[arg-type]
+        for frac in (1.0, 1 / 2):
+            settings = TRPOSettings(
+                max_kl=0.01, hvp=hvp, hvp_subsample=frac, fd_base_eps=1e-5, damping=1e-2,
+            )  # type: ignore[arg-type]  # fmt: skip
             new, stats = meta_trpo_step(pol, theta, batch, settings)
             assert stats.step_accepted and stats.kl_after <= 0.01
             steps[hvp, frac] = flatten_params(new) - flatten_params(theta)
@@ -353,8 +365,8 @@ def test_hvp_subsample_uses_the_first_tasks_curvature_in_every_method(
         return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
     for hvp in ("finite_difference", "gauss_newton"):
-        assert cos(steps[hvp, 2 / 3], steps["exact", 2 / 3]) > 0.99
-    assert cos(steps["exact", 2 / 3], steps["exact", 1.0]) < 0.9
+        assert cos(steps[hvp, 1 / 2], steps["exact", 1 / 2]) > 0.99
+    assert cos(steps["exact", 1 / 2], steps["exact", 1.0]) < 0.9
 
 
 def test_meta_batch_validation(setup64: tuple[GaussianMLPPolicy, Params, MetaBatch]) -> None:

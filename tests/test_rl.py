@@ -157,8 +157,8 @@ def test_short_navigation_run_learns_to_adapt(tmp_path: Path) -> None:
 @pytest.mark.parametrize("method", ["maml", "pretrained"])
 def test_hvp_subsample_trains_and_changes_the_step(method: str) -> None:
     cfg = load_config(None, [*TINY, f"method={method}"])
-    assert cfg.trpo.hvp_subsample == 1.0  # the paper's: all tasks
+    assert cfg.trpo.hvp_subsample == 1.0  # the paper's: all episodes
     full = _weights_after(1, extra=(f"method={method}",))
-    sub = _weights_after(1, extra=(f"method={method}", "trpo.hvp_subsample=0.34"))
+    sub = _weights_after(1, extra=(f"method={method}", "trpo.hvp_subsample=0.5"))
     assert all(bool(torch.isfinite(v).all()) for v in sub.values())
     assert not all(torch.equal(full[k], sub[k]) for k in full)
