@@ -88,31 +88,40 @@ def flat_grad(fn: ScalarFn, params: Params, *, create_graph: bool = False) -> tu
     return value, torch.cat([g.reshape(-1) for g in grads])
 
 
-def _cg(hvp: HVP, b: Tensor, iters: int, residual_tol: float) -> tuple[Tensor, Tensor]:
-    """Conjugate gradient for ``H x = b`` from ``x = 0``; returns ``(x, r)`` with the tracked
-    residual ``r = b - H x`` (so ``H x = b - r`` comes for free)."""
+def _cg(hvp: HVP, b: Tensor, iters: int, residual_tol: float) -> tuple[Tensor, Tensor, int]:
+    """Conjugate gradient for ``H x = b`` from ``x = 0``; returns ``(x, r, products)`` with the
+    tracked residual ``r = b - H x`` (so ``H x = b - r`` comes for free) and the number of
+    products used. A product with ``p^T H p <= 0`` or not finite (an estimated curvature that
+    is not positive definite, e.g. finite differences along a direction the KL barely sees)
+    ends the iteration at the last iterate instead of stepping with it."""
     x = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
     rdotr = r @ r
+    products = 0
     for _ in range(iters):
         if float(rdotr) < residual_tol:
             break
         z = hvp(p)
-        alpha = rdotr / (p @ z)
+        products += 1
+        curvature = p @ z
+        if not (math.isfinite(float(curvature)) and float(curvature) > 0.0):
+            break
+        alpha = rdotr / curvature
         x = x + alpha * p
         r = r - alpha * z
         new_rdotr = r @ r
         p = r + (new_rdotr / rdotr) * p
         rdotr = new_rdotr
-    return x, r
+    return x, r, products
 
 
 def conjugate_gradient(
     hvp: HVP, b: Tensor, *, iters: int = 10, residual_tol: float = 1e-10
 ) -> Tensor:
     """Approximately solve ``H x = b`` for symmetric positive-definite ``H`` given only
-    ``v -> H v``, with at most ``iters`` products; stops once ``|r|**2 < residual_tol``."""
+    ``v -> H v``, with at most ``iters`` products; stops once ``|r|**2 < residual_tol``, or
+    at the last iterate when a product shows curvature ``p^T H p <= 0`` or not finite."""
     return _cg(hvp, b, iters, residual_tol)[0]
 
 
@@ -204,6 +213,9 @@ class TRPOStats:
         step_norm: norm of the applied step (0.0 if rejected).
         initial_step_size: ``beta = sqrt(2 max_kl / x^T H x)`` (0.0 if undefined).
         cg_residual: norm of the final conjugate-gradient residual ``g - H x``.
+        cg_products: Hessian-vector products conjugate gradient used: ``cg_iters`` unless the
+            residual vanished first, or a product showed curvature ``<= 0`` or not finite
+            (then the last iterate is the direction).
         tried_loss: loss of the last candidate the line search evaluated (``loss_before`` if
             none was: e.g. a direction with ``x^T H x <= 0``). Never NaN unless a loss was.
         tried_kl: KL of the last candidate the line search evaluated (0.0 if none was).
@@ -219,6 +231,7 @@ class TRPOStats:
     step_norm: float
     initial_step_size: float
     cg_residual: float
+    cg_products: int
     tried_loss: float
     tried_kl: float
 
@@ -294,17 +307,19 @@ def trpo_step(
     _check_trpo_args(max_kl, damping, cg_iters, backtrack_ratio, max_backtracks)
     d = derivatives or Derivatives()
     loss, g = d.loss_grad(params) if d.loss_grad is not None else flat_grad(loss_fn, params)
-    pre = _Direction(float(loss.detach()), float(g.norm()), 0.0, 0.0, math.nan)
+    pre = _Direction(float(loss.detach()), float(g.norm()), 0.0, 0.0, math.nan, 0)
     if not (math.isfinite(pre.loss_before) and math.isfinite(pre.grad_norm)) or pre.grad_norm == 0:
         return params, _stats(pre, None)
     hvp_fn = make_hvp(
         curvature_kl_fn or kl_fn, params, method=hvp, base_eps=fd_base_eps, damping=damping,
         derivatives=d,
     )  # fmt: skip
-    x, r = _cg(hvp_fn, g.detach(), cg_iters, 1e-10)
+    x, r, products = _cg(hvp_fn, g.detach(), cg_iters, 1e-10)
     quad = float(x @ (g - r))  # x^T H x, with H x = g - r tracked by CG
     beta = math.sqrt(2.0 * max_kl / (quad + 1e-8)) if math.isfinite(quad) and quad > 0 else 0.0
-    found = _Direction(pre.loss_before, pre.grad_norm, beta, float(x.norm()), float(r.norm()))
+    found = _Direction(
+        pre.loss_before, pre.grad_norm, beta, float(x.norm()), float(r.norm()), products
+    )
     if beta == 0.0:
         return params, _stats(found, None)
     both = loss_kl_fn or (lambda p: (loss_fn(p), kl_fn(p)))
@@ -326,6 +341,7 @@ class _Direction:
     beta: float
     x_norm: float
     cg_residual: float
+    cg_products: int
 
 
 def _stats(d: _Direction, ls: LineSearchResult | None) -> TRPOStats:
@@ -342,6 +358,7 @@ def _stats(d: _Direction, ls: LineSearchResult | None) -> TRPOStats:
         step_norm=ls.fraction * d.beta * d.x_norm if ls is not None else 0.0,
         initial_step_size=d.beta,
         cg_residual=d.cg_residual,
+        cg_products=d.cg_products,
         tried_loss=ls.loss if ls is not None else d.loss_before,
         tried_kl=ls.kl if ls is not None else 0.0,
     )

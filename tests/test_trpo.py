@@ -8,6 +8,7 @@ from metarl.policies import GaussianMLPPolicy, Params
 from metarl.trpo import (
     HVP_METHODS,
     Derivatives,
+    _cg,
     backtracking_line_search,
     conjugate_gradient,
     flatten_params,
@@ -31,6 +32,38 @@ def test_conjugate_gradient_matches_linalg_solve() -> None:
     # fewer iterations than the dimension leave a visible error: the test can fail
     x3 = conjugate_gradient(lambda v: spd @ v, b, iters=3)
     assert (x3 - expected).norm() / expected.norm() > 1e-3
+
+
+def test_conjugate_gradient_stops_at_curvature_that_is_not_positive() -> None:
+    """An estimated curvature that is not positive definite (or a product that overflows)
+    ends CG at the last iterate instead of stepping with a NaN or a huge alpha."""
+    diag = torch.tensor([2.0, 1.0, -1.0, 3.0], dtype=D)
+    b = torch.ones(4, dtype=D)
+    calls: list[Tensor] = []
+
+    def indefinite(v: Tensor) -> Tensor:
+        calls.append(v)
+        return diag * v
+
+    x, r, products = _cg(indefinite, b, 10, 1e-10)
+    assert torch.isfinite(x).all() and products == len(calls) < 10
+    assert float(calls[-1] @ (diag * calls[-1])) <= 0.0  # the product that stopped it
+    torch.testing.assert_close(r, b - diag * x)  # x is a real iterate, residual consistent
+    assert float(x @ b) > 0.0  # the iterates before it made progress along b
+
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(6, 6, generator=gen, dtype=D)
+    spd = a @ a.T + 0.5 * torch.eye(6, dtype=D)
+    scales = iter([1.0, 1.0, torch.inf])  # the third product overflows
+
+    def late_overflow(v: Tensor) -> Tensor:
+        return next(scales) * (spd @ v)
+
+    x, r, products = _cg(late_overflow, torch.ones(6, dtype=D), 10, 1e-10)
+    two = conjugate_gradient(lambda v: spd @ v, torch.ones(6, dtype=D), iters=2)
+    assert products == 3 and torch.equal(x, two)  # the iterate of the two good products
+    x = conjugate_gradient(lambda v: v * torch.inf, torch.ones(3, dtype=D), iters=10)
+    assert torch.equal(x, torch.zeros(3, dtype=D))
 
 
 def test_flatten_unflatten_roundtrip() -> None:
