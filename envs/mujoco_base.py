@@ -12,7 +12,7 @@ message recommends. The result equals the model Gymnasium would load, array for 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import mujoco
 import numpy as np
@@ -23,7 +23,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from numpy.typing import NDArray
 
-from envs.tasks import TaskEnvMixin
+from envs.tasks import TaskEnvMixin, TaskVectorEnvMixin
 
 __all__ = ["MujocoTaskEnvMixin", "MujocoTaskVectorEnv", "compile_model"]
 
@@ -76,7 +76,7 @@ FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
 
 
-class MujocoTaskVectorEnv(VectorEnv[FloatArray, Any, FloatArray], Generic[TaskT]):
+class MujocoTaskVectorEnv(TaskVectorEnvMixin[TaskT], VectorEnv[FloatArray, Any, FloatArray]):
     """``num_envs`` copies of a v5 MuJoCo task env stepped by one object in one process.
 
     Each sub-env keeps its own ``MjData`` (so its constraint-solver warm start carries over
@@ -150,18 +150,9 @@ class MujocoTaskVectorEnv(VectorEnv[FloatArray, Any, FloatArray], Generic[TaskT]
 
     # ---------------------------------------------------------------- tasks
 
-    @property
-    def tasks(self) -> tuple[TaskT, ...]:
-        """The task of each sub-env."""
-        return self._tasks
-
     def set_tasks(self, tasks: Sequence[TaskT]) -> None:
         """Give sub-env ``i`` the task ``tasks[i]`` (from its next step on)."""
-        if len(tasks) != self.num_envs:
-            raise ValueError(
-                f"{type(self).__name__}: set_tasks needs one task per sub-env "
-                f"({self.num_envs}), got {len(tasks)}"
-            )
+        self._check_task_count(tasks)
         name = self.single_env.__name__.removesuffix("Env")
         distribution = self.single_env.task_distribution
         checked = tuple(distribution.validate(name, task) for task in tasks)
@@ -170,19 +161,6 @@ class MujocoTaskVectorEnv(VectorEnv[FloatArray, Any, FloatArray], Generic[TaskT]
 
     def _apply_tasks(self, tasks: tuple[TaskT, ...]) -> None:
         """Hook: cache the tasks' numbers for :meth:`_rewards`."""
-
-    def set_attr(self, name: str, values: Any) -> None:
-        """``set_attr("task", tasks)`` (one per sub-env, or one for all) calls :meth:`set_tasks`."""
-        if name != "task":
-            raise AttributeError(f"{type(self).__name__} can only set 'task', not {name!r}")
-        many = isinstance(values, list | tuple)
-        self.set_tasks(values if many else [values] * self.num_envs)
-
-    def get_attr(self, name: str) -> tuple[Any, ...]:
-        """``get_attr("task")``: the task of each sub-env."""
-        if name != "task":
-            raise AttributeError(f"{type(self).__name__} can only get 'task', not {name!r}")
-        return self._tasks
 
     # ---------------------------------------------------------------- stepping
 

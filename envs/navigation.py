@@ -21,7 +21,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from numpy.typing import NDArray
 
-from envs.tasks import NavigationTask, TaskEnvMixin, UniformGoal
+from envs.tasks import NavigationTask, TaskEnvMixin, TaskVectorEnvMixin, UniformGoal
 
 __all__ = ["Navigation2DEnv", "Navigation2DVectorEnv"]
 
@@ -108,7 +108,9 @@ class Navigation2DEnv(TaskEnvMixin[NavigationTask], gym.Env[NDArray[Any], Any]):
         return self._core.observations()[0], float(rewards[0]), bool(terminated[0]), False, {}
 
 
-class Navigation2DVectorEnv(VectorEnv[NDArray[np.float32], Any, NDArray[Any]]):
+class Navigation2DVectorEnv(
+    TaskVectorEnvMixin[NavigationTask], VectorEnv[NDArray[np.float32], Any, NDArray[Any]]
+):
     """``num_envs`` navigation points stepped together, each with its own task.
 
     Handles the time limit itself (truncated at ``max_episode_steps``) and autoresets in
@@ -143,18 +145,9 @@ class Navigation2DVectorEnv(VectorEnv[NDArray[np.float32], Any, NDArray[Any]]):
         self._tasks: tuple[NavigationTask, ...] = ()
         self.set_tasks([DEFAULT_TASK] * num_envs if tasks is None else tasks)
 
-    @property
-    def tasks(self) -> tuple[NavigationTask, ...]:
-        """The task of each sub-env."""
-        return self._tasks
-
     def set_tasks(self, tasks: Sequence[NavigationTask]) -> None:
         """Give sub-env ``i`` the task ``tasks[i]`` (from its next step on)."""
-        if len(tasks) != self.num_envs:
-            raise ValueError(
-                f"Navigation2D: set_tasks needs one task per sub-env ({self.num_envs}), "
-                f"got {len(tasks)}"
-            )
+        self._check_task_count(tasks)
         checked = tuple(GOAL_DISTRIBUTION.validate("Navigation2D", task) for task in tasks)
         self._core.goals[:] = [task.goal for task in checked]
         self._tasks = checked

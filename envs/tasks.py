@@ -8,6 +8,7 @@ validate a task for one env (type, then support); :class:`TaskEnvMixin` turns a 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -30,6 +31,7 @@ __all__ = [
     "RandomDirection",
     "TaskDistribution",
     "TaskEnvMixin",
+    "TaskVectorEnvMixin",
     "UniformGoal",
     "UniformVelocity",
     "VelocityTask",
@@ -181,3 +183,41 @@ class TaskEnvMixin(Generic[TaskT]):
 
     def _apply_task(self, task: TaskT) -> None:
         """Hook: cache the task's numbers for the reward."""
+
+
+class TaskVectorEnvMixin(Generic[TaskT]):
+    """The task protocol of a batched vector env (one task per sub-env): ``tasks``, and
+    Gymnasium's ``set_attr("task", ...)`` / ``get_attr("task")``. A subclass implements
+    :meth:`set_tasks` (validating, and setting ``_tasks``)."""
+
+    num_envs: int
+    _tasks: tuple[TaskT, ...]
+
+    @property
+    def tasks(self) -> tuple[TaskT, ...]:
+        """The task of each sub-env."""
+        return self._tasks
+
+    def set_tasks(self, tasks: Sequence[TaskT]) -> None:
+        """Give sub-env ``i`` the task ``tasks[i]`` (from its next step on)."""
+        raise NotImplementedError
+
+    def _check_task_count(self, tasks: Sequence[TaskT]) -> None:
+        if len(tasks) != self.num_envs:
+            raise ValueError(
+                f"{type(self).__name__}: set_tasks needs one task per sub-env "
+                f"({self.num_envs}), got {len(tasks)}"
+            )
+
+    def set_attr(self, name: str, values: Any) -> None:
+        """``set_attr("task", tasks)`` (one per sub-env, or one for all) calls :meth:`set_tasks`."""
+        if name != "task":
+            raise AttributeError(f"{type(self).__name__} can only set 'task', not {name!r}")
+        many = isinstance(values, list | tuple)
+        self.set_tasks(values if many else [values] * self.num_envs)
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """``get_attr("task")``: the task of each sub-env."""
+        if name != "task":
+            raise AttributeError(f"{type(self).__name__} can only get 'task', not {name!r}")
+        return self._tasks

@@ -132,19 +132,7 @@ class EpisodeBatch:
                 f"EpisodeBatch.first_episodes: e={e} is not within [1, {self.episodes_per_task}]"
             )
         cols = episode_columns(self.num_tasks, self.episodes_per_task, e)
-        return EpisodeBatch(
-            observations=self.observations[:, cols],
-            actions=self.actions[:, cols],
-            rewards=self.rewards[:, cols],
-            mask=self.mask[:, cols],
-            lengths=self.lengths[cols],
-            terminated=self.terminated[cols],
-            truncated=self.truncated[cols],
-            last_observations=self.last_observations[cols],
-            log_probs=self.log_probs[:, cols],
-            num_tasks=self.num_tasks,
-            episodes_per_task=e,
-        )
+        return self._columns(cols, self.num_tasks, e)
 
     def task(self, i: int) -> EpisodeBatch:
         """The episodes of task ``i`` as a batch of one task (tensors are views)."""
@@ -159,18 +147,24 @@ class EpisodeBatch:
                 f"EpisodeBatch.tasks: [{start}, {stop}) is not within [0, {self.num_tasks})"
             )
         sl = slice(start * self.episodes_per_task, stop * self.episodes_per_task)
+        return self._columns(sl, stop - start, self.episodes_per_task)
+
+    def _columns(
+        self, cols: slice | Tensor, num_tasks: int, episodes_per_task: int
+    ) -> EpisodeBatch:
+        """The episodes in columns ``cols`` (task-major) as a batch."""
         return EpisodeBatch(
-            observations=self.observations[:, sl],
-            actions=self.actions[:, sl],
-            rewards=self.rewards[:, sl],
-            mask=self.mask[:, sl],
-            lengths=self.lengths[sl],
-            terminated=self.terminated[sl],
-            truncated=self.truncated[sl],
-            last_observations=self.last_observations[sl],
-            log_probs=self.log_probs[:, sl],
-            num_tasks=stop - start,
-            episodes_per_task=self.episodes_per_task,
+            observations=self.observations[:, cols],
+            actions=self.actions[:, cols],
+            rewards=self.rewards[:, cols],
+            mask=self.mask[:, cols],
+            lengths=self.lengths[cols],
+            terminated=self.terminated[cols],
+            truncated=self.truncated[cols],
+            last_observations=self.last_observations[cols],
+            log_probs=self.log_probs[:, cols],
+            num_tasks=num_tasks,
+            episodes_per_task=episodes_per_task,
         )
 
 
