@@ -307,3 +307,31 @@ def test_trpo_step_solves_with_the_curvature_kl_and_checks_the_real_kl() -> None
     assert float(0.5 * step @ a @ step) <= max_kl * (1 + 1e-9)
     wrong = -torch.linalg.solve(a, g)  # the A-direction differs: the test can fail
     assert float(wrong @ direction / (wrong.norm() * direction.norm())) < 0.99
+
+
+def test_step_length_comes_from_the_full_kl_when_the_curvature_is_a_subsample() -> None:
+    """A curvature KL 4x the real one (as a subsample's can be): the direction is its solve,
+    but the step is rescaled by sqrt(max_kl / KL(full step)) = 2 so that the real KL of the
+    step is max_kl (a quadratic KL: exactly, up to rounding and one shrink)."""
+    a = torch.tensor([1.0, -2.0, 0.5], dtype=D)
+    m = torch.tensor([[2.0, 0.3, 0.0], [0.3, 1.0, 0.1], [0.0, 0.1, 0.5]], dtype=D)
+    params = {"w": torch.zeros(3, dtype=D)}
+
+    def loss_fn(p: Params) -> Tensor:
+        return -(a @ p["w"])
+
+    def kl_fn(p: Params) -> Tensor:
+        return 0.5 * p["w"] @ m @ p["w"]
+
+    def sub_kl_fn(p: Params) -> Tensor:
+        return 2.0 * p["w"] @ m @ p["w"]  # 4x the curvature of kl_fn
+
+    kw = {"max_kl": 0.01, "hvp": "exact", "damping": 0.0}
+    plain, plain_stats = trpo_step(params, loss_fn, kl_fn, **kw)  # type: ignore[arg-type]
+    sub, stats = trpo_step(params, loss_fn, kl_fn, curvature_kl_fn=sub_kl_fn, **kw)  # type: ignore[arg-type]
+    assert plain_stats.step_rescale == 1.0 and plain_stats.kl_after == pytest.approx(0.01)
+    assert stats.step_rescale == pytest.approx(2.0, rel=1e-6)  # (beta has a 1e-8 guard)
+    assert stats.step_accepted and 0.01 * 0.8**2 - 1e-12 <= stats.kl_after <= 0.01
+    unscaled_kl = 0.01 / 4  # what the subsample's own step length would have given
+    assert stats.kl_after > 2 * unscaled_kl
+    torch.testing.assert_close(sub["w"] / sub["w"].norm(), plain["w"] / plain["w"].norm())
