@@ -157,19 +157,6 @@ class Navigation2DVectorEnv(
         tasks: list[NavigationTask] = GOAL_DISTRIBUTION.sample("Navigation2D", num_tasks, rng)
         return tasks
 
-    def set_attr(self, name: str, values: Any) -> None:
-        """``set_attr("task", tasks)`` (one per sub-env, or one for all) calls :meth:`set_tasks`."""
-        if name != "task":
-            raise AttributeError(f"Navigation2DVectorEnv can only set 'task', not {name!r}")
-        many = isinstance(values, list | tuple)
-        self.set_tasks(values if many else [values] * self.num_envs)
-
-    def get_attr(self, name: str) -> tuple[Any, ...]:
-        """``get_attr("task")``: the task of each sub-env."""
-        if name != "task":
-            raise AttributeError(f"Navigation2DVectorEnv can only get 'task', not {name!r}")
-        return self._tasks
-
     def reset(
         self,
         *,
