@@ -525,7 +525,7 @@ class TrainAdaptation:
     :class:`MetaDerivatives` pulls the meta-gradient back through, so that the outer step
     does not adapt a second time."""
 
-    inner: InnerSteps
+    loop: InnerSteps
     theta: Params
     steps: tuple[_Point, ...]
     params: Params
@@ -579,17 +579,17 @@ class MetaDerivatives:
             )
         elif not (
             adaptation.theta is theta_old
-            and adaptation.inner.episodes is batch.train
-            and adaptation.inner.inner == batch.inner
+            and adaptation.loop.episodes is batch.train
+            and adaptation.loop.inner == batch.inner
         ):
             raise ValueError(
                 "MetaDerivatives: the adaptation must come from adapt_train at theta_old on "
                 "this batch's train episodes with its inner-loop settings"
             )
-        self._inner = adaptation.inner
-        self.train = self._inner.rows
+        self._loop = adaptation.loop
+        self.train = self._loop.rows
         self.valid = task_rows(batch.valid, batch.valid_advantages)
-        self._inner_loss = self._inner.loss
+        self._inner_loss = self._loop.loss
         self._surrogate = _over_tasks(
             partial(_surrogate_rows, policy), (self.valid, self.valid.advantages), total=False
         )
@@ -607,13 +607,13 @@ class MetaDerivatives:
     # ---------------------------------------------------------------- inner loop
 
     def _expand(self, theta: Params) -> Params:
-        return self._inner.expand(theta)
+        return self._loop.expand(theta)
 
     def _valid_pass(self, steps: tuple[_Point, ...], params: Params) -> _Adapted:
         return _Adapted(steps, params, self.policy.body_trace(params, self.valid.observations))
 
     def _adapt(self, theta: Params) -> _Adapted:
-        return self._valid_pass(*self._inner.run(theta))
+        return self._valid_pass(*self._loop.run(theta))
 
     def _prepared(self, adapted: _Adapted) -> _Adapted:
         """``adapted`` with the output-space Hessians of every inner step and of the KL, and
@@ -692,8 +692,8 @@ class MetaDerivatives:
         return value.detach(), self._pull_back(adapted, {**grads, **g_head})
 
     def loss_and_grad(self, theta: Params) -> tuple[Tensor, Tensor]:
-        """``(meta_surrogate, its flat gradient)`` at ``theta`` (at ``theta_old`` itself, the
-        one computed on construction)."""
+        """``(meta_surrogate, its flat gradient)`` at ``theta`` (at ``theta_old`` itself,
+        computed once and kept)."""
         if theta is self.theta_old:
             if self._old_loss_grad is None:
                 assert self._at_old is not None
