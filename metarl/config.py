@@ -281,7 +281,7 @@ class RLConfig:
     learner_threads: int = bounded(1, ge=1)
     """Torch intra-op threads for the learner's adaptation and outer step (sampling always
     uses one: its forwards are small, and sampler workers step envs meanwhile). With idle
-    cores, 2 or more makes the outer step faster (Navigation2D: about 1.5x with 2 on this
+    cores, 2 or more makes the outer step faster (Navigation2D: about 1.6x with 2 on this
     2-core machine); the last bits of the results depend on the thread count."""
 
 
