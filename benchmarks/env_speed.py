@@ -1,11 +1,13 @@
 """Steps per second of the task envs, against Gymnasium's raw v5 envs in the same run.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/env_speed.py [--seconds 2] [--repeats 3]
+        [--only Navigation2D HalfCheetahVel AntVel] [--async-envs 2 8] [--num-ant 400]
 
 Prints one line per measurement and, last, one JSON object with all figures. Rates are sub-env
 steps per second (best of ``--repeats`` runs, raw and ours interleaved); ``overhead_pct`` is the
-extra time per step of our env over the raw v5 env; the batched HalfCheetahVel vector env
-(``gymnasium.make_vec``, one process) is shown against one raw HalfCheetah-v5. Raw
+extra time per step of our env over the raw v5 env; the batched HalfCheetahVel and AntVel
+vector envs (``gymnasium.make_vec``, one process) are shown against one raw HalfCheetah-v5 /
+Ant-v5 measured beside them. ``--only`` restricts the run to some envs. Raw
 HalfCheetah-v5 makes MuJoCo print its ``settotalmass`` deprecation warning (and write
 MUJOCO_LOG.TXT): that is the baseline, not us, and it is made in a temporary directory.
 """
@@ -33,6 +35,7 @@ PAIRS = {  # ours -> raw
     "metarl/HalfCheetahVel-v0": "HalfCheetah-v5",
     "metarl/AntVel-v0": "Ant-v5",
 }
+NAMES = ("Navigation2D", "HalfCheetahVel", "AntVel")
 
 
 def _actions(space: gym.spaces.Box, count: int, seed: int) -> np.ndarray:
@@ -111,19 +114,20 @@ def mujoco_figures(ours: str, raw: str, args: argparse.Namespace) -> dict[str, f
     return figures
 
 
-def batched_mujoco_figures(args: argparse.Namespace) -> dict[str, float]:
-    """The batched HalfCheetahVel vector env (``--num-cheetah`` sub-envs, one process) against
-    one raw HalfCheetah-v5, interleaved."""
-    ours, n = "metarl/HalfCheetahVel-v0", args.num_cheetah
+def batched_mujoco_figures(ours: str, n: int, args: argparse.Namespace) -> dict[str, float]:
+    """The batched vector env of ``ours`` (``n`` sub-envs, one process) against one raw v5
+    env, interleaved."""
+    raw = PAIRS[ours]
+    name, raw_name = ours.split("/")[1].removesuffix("-v0"), raw.removesuffix("-v5") + "_v5"
     batched_runs, raw_runs = [], []
     for _ in range(args.repeats):
         vec = gym.make_vec(ours, num_envs=n, vectorization_mode="vector_entry_point")
         batched_runs.append(vector_env_rate(vec, args.seconds))
-        raw_runs.append(single_env_rate("HalfCheetah-v5", args.seconds))
+        raw_runs.append(single_env_rate(raw, args.seconds))
     return {
-        f"HalfCheetahVel_batched_{n}": max(batched_runs),
-        "HalfCheetah_v5_single_beside_batched": max(raw_runs),
-        f"HalfCheetahVel_batched_{n}_speedup_over_raw": max(batched_runs) / max(raw_runs),
+        f"{name}_batched_{n}": max(batched_runs),
+        f"{raw_name}_single_beside_batched": max(raw_runs),
+        f"{name}_batched_{n}_speedup_over_raw": max(batched_runs) / max(raw_runs),
     }
 
 
@@ -135,15 +139,21 @@ def main() -> None:
     parser.add_argument(
         "--num-cheetah", type=int, default=400, help="sub-envs of batched HalfCheetahVel"
     )
+    parser.add_argument("--num-ant", type=int, default=400, help="sub-envs of batched AntVel")
     parser.add_argument(
         "--async-envs", type=int, nargs="*", default=[2, 8], help="AsyncVectorEnv sizes"
     )
+    parser.add_argument(
+        "--only", nargs="+", choices=NAMES, default=list(NAMES), help="measure only these envs"
+    )
     args = parser.parse_args()
-    figures = navigation_figures(args)
+    figures = navigation_figures(args) if "Navigation2D" in args.only else {}
+    batched_sizes = {"metarl/HalfCheetahVel-v0": args.num_cheetah, "metarl/AntVel-v0": args.num_ant}
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         for ours, raw in PAIRS.items():
-            figures.update(mujoco_figures(ours, raw, args))
-        figures.update(batched_mujoco_figures(args))
+            if ours.split("/")[1].removesuffix("-v0") in args.only:
+                figures.update(mujoco_figures(ours, raw, args))
+                figures.update(batched_mujoco_figures(ours, batched_sizes[ours], args))
     for key, value in figures.items():
         unit = "%" if key.endswith("_pct") else "x" if key.endswith("_over_raw") else " steps/s"
         print(f"{key:40s} {value:14,.1f}{unit}")

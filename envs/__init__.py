@@ -13,6 +13,12 @@ metarl/AntVel-v0           VelocityTask         velocity ~ U[0, 3]              
 metarl/AntDir-v0           DirectionTask        direction in {-1, +1}            200
 metarl/AntGoal-v0          GoalTask             goal ~ U[-3, 3]^2                200
 =========================  ===================  ===============================  =======
+
+Every id also registers a ``vector_entry_point``: ``gymnasium.make_vec(id, num_envs,
+vectorization_mode="vector_entry_point")`` gives a batched vector env (one process, one task per
+sub-env through ``set_attr("task", tasks)``) whose observations, rewards, terminations and
+truncations equal ``num_envs`` single envs' bitwise, with Gymnasium's NEXT_STEP autoresets; the
+sampler uses it by itself.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ _VECTOR_ENTRY_POINTS = {
     "Navigation2D-v0": "envs.navigation:Navigation2DVectorEnv",
     "HalfCheetahVel-v0": "envs.half_cheetah:HalfCheetahVelVectorEnv",
     "HalfCheetahDir-v0": "envs.half_cheetah:HalfCheetahDirVectorEnv",
+    "AntVel-v0": "envs.ant:AntVelVectorEnv",
+    "AntDir-v0": "envs.ant:AntDirVectorEnv",
+    "AntGoal-v0": "envs.ant:AntGoalVectorEnv",
 }
 
 ENV_IDS: tuple[str, ...] = tuple(f"{NAMESPACE}/{name}" for name in _ENTRY_POINTS)

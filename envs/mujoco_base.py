@@ -12,7 +12,7 @@ message recommends. The result equals the model Gymnasium would load, array for 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import mujoco
 import numpy as np
@@ -81,12 +81,14 @@ class MujocoTaskVectorEnv(TaskVectorEnvMixin[TaskT], VectorEnv[FloatArray, Any, 
 
     Each sub-env keeps its own ``MjData`` (so its constraint-solver warm start carries over
     from step to step exactly as in the single env); one step is a tight loop of
-    ``mj_step(model, data, nstep=frame_skip)`` calls, after which positions, velocities,
-    observations and rewards are computed for all sub-envs with numpy. None of the single env's
-    per-step Python (wrappers, checks, ``info`` dicts, ``mj_rnePostConstraint``, which only
-    fills force outputs the next step recomputes) runs, so one core steps its sub-envs faster
-    than the single env (~1.2x raw HalfCheetah-v5, ``benchmarks/env_speed.py``) while giving
-    bitwise the single env's observations and rewards.
+    ``mj_step(model, data, nstep=frame_skip)`` calls (each followed by
+    ``mj_rnePostConstraint`` where ``post_constraint`` is set: the single env's
+    ``do_simulation`` calls it, and an env that observes contact forces ``cfrc_ext`` needs it),
+    after which the ``state_fields`` of all sub-envs are copied into ``[num_envs, ...]`` arrays
+    and observations, rewards and terminations are computed from them with numpy. None of the
+    single env's other per-step Python (wrappers, checks, ``info`` dicts) runs, so one core
+    steps its sub-envs faster than the single env (``benchmarks/env_speed.py``) while giving
+    bitwise the single env's observations, rewards and end flags. ``info`` is empty.
 
     Resets draw the v5 reset noise from each sub-env's own generator (seeded as
     ``Env.reset(seed=...)`` seeds one), time limits truncate at ``max_episode_steps``, and
@@ -95,7 +97,8 @@ class MujocoTaskVectorEnv(TaskVectorEnvMixin[TaskT], VectorEnv[FloatArray, Any, 
     sub-env with ``set_attr("task", tasks)`` (one each, or one for all).
 
     Subclasses set ``single_env`` (the single env class, for its task distribution and model)
-    and implement :meth:`_observations` and :meth:`_rewards`.
+    and implement :meth:`_observations` and :meth:`_rewards`; they may override
+    :meth:`_x_positions` (where the forward velocity is measured) and :meth:`_terminations`.
     """
 
     metadata: dict[str, Any] = {  # noqa: RUF012 (gymnasium's convention)
@@ -104,6 +107,13 @@ class MujocoTaskVectorEnv(TaskVectorEnvMixin[TaskT], VectorEnv[FloatArray, Any, 
     }
     single_env: type[TaskEnvMixin[Any]]
     xml_file: str
+    post_constraint: ClassVar[bool] = False
+    """Call ``mj_rnePostConstraint`` after each step (needed to read ``cfrc_ext``)."""
+    state_fields: ClassVar[tuple[str, ...]] = ("qpos", "qvel")
+    """The ``MjData`` fields copied into ``self._state`` after every step and reset."""
+    _state: dict[str, FloatArray]
+    _qpos: FloatArray
+    _qvel: FloatArray
 
     def __init__(
         self,
@@ -130,12 +140,10 @@ class MujocoTaskVectorEnv(TaskVectorEnvMixin[TaskT], VectorEnv[FloatArray, Any, 
         self.dt = float(self.model.opt.timestep) * frame_skip
         self._datas = [mujoco.MjData(self.model) for _ in range(num_envs)]
         self._ctrl = [d.ctrl for d in self._datas]
-        self._qpos_views = [d.qpos for d in self._datas]
-        self._qvel_views = [d.qvel for d in self._datas]
+        self._views = {f: [getattr(d, f) for d in self._datas] for f in self.state_fields}
         self.init_qpos = self._datas[0].qpos.copy()
         self.init_qvel = self._datas[0].qvel.copy()
-        self._qpos = np.array(self._qpos_views)
-        self._qvel = np.array(self._qvel_views)
+        self._gather()
         self._rngs: list[np.random.Generator | None] = [None] * num_envs
         self._steps = np.zeros(num_envs, dtype=np.int64)
         self._autoreset = np.zeros(num_envs, dtype=np.bool_)
@@ -189,8 +197,7 @@ class MujocoTaskVectorEnv(TaskVectorEnvMixin[TaskT], VectorEnv[FloatArray, Any, 
                 raise ValueError(f"reset: {len(seeds)} seeds for {self.num_envs} sub-envs")
         for i in np.flatnonzero(mask):
             self._reset_one(int(i), seeds[i])
-        self._qpos[mask] = [self._qpos_views[i] for i in np.flatnonzero(mask)]
-        self._qvel[mask] = [self._qvel_views[i] for i in np.flatnonzero(mask)]
+        self._gather()
         return self._observations(self._qpos, self._qvel), {}
 
     def _reset_one(self, i: int, seed: int | None) -> None:
@@ -218,32 +225,59 @@ class MujocoTaskVectorEnv(TaskVectorEnvMixin[TaskT], VectorEnv[FloatArray, Any, 
                 f"{type(self).__name__}.step: actions must have shape "
                 f"{self.action_space.shape}, got {actions.shape}"
             )
-        x_before = self._qpos[:, 0].copy()
-        model, nstep, step = self.model, self.frame_skip, mujoco.mj_step
+        x_before = self._x_positions().copy()
         resetting = self._autoreset.copy()
         if resetting.any():
             for i in np.flatnonzero(resetting):
                 self._reset_one(int(i), None)
-            for i in np.flatnonzero(~resetting):
-                self._ctrl[i][:] = actions[i]
-                step(model, self._datas[i], nstep)
+            stepping = np.flatnonzero(~resetting)
+            ctrls, datas = [self._ctrl[i] for i in stepping], [self._datas[i] for i in stepping]
+            self._simulate(ctrls, datas, actions[stepping])
         else:
-            for ctrl, data, action in zip(self._ctrl, self._datas, actions, strict=True):
-                ctrl[:] = action
-                step(model, data, nstep)
-        self._qpos = np.array(self._qpos_views)
-        self._qvel = np.array(self._qvel_views)
-        x_velocity = (self._qpos[:, 0] - x_before) / self.dt
+            self._simulate(self._ctrl, self._datas, actions)
+        self._gather()
+        x_velocity = (self._x_positions() - x_before) / self.dt
         rewards = self._rewards(x_velocity, actions)
-        terminated = np.zeros(self.num_envs, dtype=np.bool_)
+        terminated = self._terminations()
         self._steps += 1
         truncated = self._steps >= self.max_episode_steps
         if resetting.any():
             rewards[resetting] = 0.0
+            terminated[resetting] = False
             truncated[resetting] = False
             self._steps[resetting] = 0
         np.logical_or(terminated, truncated, out=self._autoreset)
         return self._observations(self._qpos, self._qvel), rewards, terminated, truncated, {}
+
+    def _simulate(
+        self, ctrls: Sequence[FloatArray], datas: Sequence[mujoco.MjData], actions: NDArray[Any]
+    ) -> None:
+        """As ``MujocoEnv.do_simulation`` for each of these sub-envs: the one hot loop."""
+        model, nstep, step = self.model, self.frame_skip, mujoco.mj_step
+        if self.post_constraint:
+            post = mujoco.mj_rnePostConstraint
+            for ctrl, data, action in zip(ctrls, datas, actions, strict=True):
+                ctrl[:] = action
+                step(model, data, nstep)
+                post(model, data)
+        else:
+            for ctrl, data, action in zip(ctrls, datas, actions, strict=True):
+                ctrl[:] = action
+                step(model, data, nstep)
+
+    def _gather(self) -> None:
+        """Copy each of ``state_fields`` of all sub-envs into ``self._state[field]``."""
+        self._state = {field: np.array(views) for field, views in self._views.items()}
+        self._qpos = self._state["qpos"]
+        self._qvel = self._state["qvel"]
+
+    def _x_positions(self) -> FloatArray:
+        """``[num_envs]`` x positions whose change over ``dt`` is the forward velocity."""
+        return self._qpos[:, 0]
+
+    def _terminations(self) -> BoolArray:
+        """``[num_envs]`` terminations after a step (by default none)."""
+        return np.zeros(self.num_envs, dtype=np.bool_)
 
     def _observations(self, qpos: FloatArray, qvel: FloatArray) -> FloatArray:
         """``[num_envs, obs_dim]`` observations from positions and velocities."""

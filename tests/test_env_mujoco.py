@@ -282,3 +282,140 @@ def test_batched_half_cheetah_resets_seeds_and_rejects_bad_input() -> None:
         env.set_attr("task", DirectionTask(1))
     with pytest.raises(AttributeError, match="only set 'task'"):
         env.set_attr("goal", 1.0)
+
+
+# --- the batched ant vector envs ---------------------------------------------------------------
+ANT_TASKS = {
+    "metarl/AntVel-v0": [VelocityTask(v) for v in (0.2, 1.1, 2.9, 1.1)],
+    "metarl/AntDir-v0": [DirectionTask(d) for d in (1, -1, 1, -1)],
+    "metarl/AntGoal-v0": [GoalTask(goal=g) for g in ((2.0, -1.0), (-3.0, 0.5), (0.1, 2.7), (1, 1))],
+}
+HEALTHY_Z = (0.2, 1.0)
+
+
+def _bang_bang(rng: np.random.Generator, num_envs: int) -> np.ndarray:
+    """Full torques of random signs: the ant jumps and flips, leaving the healthy z range."""
+    return np.sign(rng.uniform(-1, 1, (num_envs, 8))).astype(np.float32)
+
+
+def _assert_same_ant_rollouts(batched, single, *, steps: int, seed: int) -> dict[str, int]:
+    """Seeded resets, then ``steps`` bang-bang steps compared bitwise; counts the ends."""
+    assert type(batched).__name__.startswith("Ant") and batched.num_envs == single.num_envs
+    assert batched.metadata["autoreset_mode"] is gym.vector.AutoresetMode.NEXT_STEP
+    assert batched.single_observation_space == single.single_observation_space
+    assert batched.single_action_space == single.single_action_space
+    seeds = [seed + i for i in range(batched.num_envs)]
+    obs_b, obs_s = batched.reset(seed=seeds)[0], single.reset(seed=seeds)[0]
+    assert obs_b.dtype == obs_s.dtype == np.float64
+    np.testing.assert_array_equal(obs_b, obs_s)
+    rng = np.random.default_rng(seed)
+    counts = {"terminated": 0, "truncated": 0}
+    for _ in range(steps):
+        actions = _bang_bang(rng, batched.num_envs)
+        got, want = batched.step(actions)[:4], single.step(actions)[:4]
+        for x, y in zip(got, want, strict=True):
+            assert x.dtype == y.dtype
+            np.testing.assert_array_equal(x, y)
+        assert batched.observation_space.contains(got[0])
+        counts["terminated"] += int(got[2].sum())
+        counts["truncated"] += int(got[3].sum())
+    return counts
+
+
+@pytest.mark.parametrize("env_id", list(ANT_TASKS))
+def test_batched_ant_equals_single_envs_bitwise(env_id: str) -> None:
+    """Per-sub-env tasks, seeded resets, healthy-z terminations, time limits (30 steps here)
+    and the NEXT_STEP autoresets after both: bitwise the single envs' through all of it."""
+    from metarl.vector import SerialVectorEnv
+
+    tasks, kwargs = ANT_TASKS[env_id], {"max_episode_steps": 30}
+    batched = gym.make_vec(env_id, num_envs=4, vectorization_mode="vector_entry_point", **kwargs)
+    single = SerialVectorEnv([lambda: gym.make(env_id, **kwargs)] * 4)
+    for env in (batched, single):
+        env.set_attr("task", tasks)
+    assert batched.get_attr("task") == tuple(tasks)
+    counts = _assert_same_ant_rollouts(batched, single, steps=80, seed=3)
+    assert counts["terminated"] >= 4 and counts["truncated"] >= 2
+    rewards = batched.step(_bang_bang(np.random.default_rng(9), 4))[1]
+    assert len({float(r) for r in rewards}) == 4  # the tasks' rewards differ
+
+
+def test_batched_ant_terminates_outside_the_healthy_z_range_and_autoresets() -> None:
+    """A step terminates exactly where the torso height (obs[0] = qpos[2]) left [0.2, 1.0];
+    the step after, that sub-env is reset (its action ignored, reward 0, not ended)."""
+    env = gym.make_vec("metarl/AntVel-v0", num_envs=4, vectorization_mode="vector_entry_point")
+    env.reset(seed=3)
+    rng, (low, high) = np.random.default_rng(3), HEALTHY_Z
+    resetting = np.zeros(4, dtype=bool)
+    terminations = 0
+    for _ in range(60):
+        obs, rewards, terminated, truncated, _ = env.step(_bang_bang(rng, 4))
+        outside = (obs[:, 0] < low) | (obs[:, 0] > high)
+        np.testing.assert_array_equal(terminated[~resetting], outside[~resetting])
+        assert not (terminated | truncated)[resetting].any()
+        assert (rewards[resetting] == 0.0).all() and not outside[resetting].any()
+        terminations += int(terminated.sum())
+        resetting = terminated | truncated
+    assert terminations >= 3
+
+
+def test_batched_ant_options_equal_single_envs_bitwise() -> None:
+    """Ant-v5's knobs reach the batched env as the single env: no contact forces or with x/y
+    in the observation, other clip and healthy ranges, the main body by name, no termination."""
+    from metarl.vector import SerialVectorEnv
+
+    env_id = "metarl/AntDir-v0"
+    variants = [
+        {"include_cfrc_ext_in_observation": False, "healthy_z_range": (0.3, 0.9)},
+        {
+            "exclude_current_positions_from_observation": False,
+            "contact_force_range": (-0.5, 2.0),
+            "main_body": "torso",
+            "terminate_when_unhealthy": False,
+            "ctrl_cost_weight": 0.1,
+            "healthy_reward": 1.0,
+            "reset_noise_scale": 0.2,
+            "max_episode_steps": 25,
+        },
+    ]
+    dims = []
+    for kwargs in variants:
+        batched = gym.make_vec(
+            env_id, num_envs=3, vectorization_mode="vector_entry_point", **kwargs
+        )
+        single = SerialVectorEnv([lambda kwargs=kwargs: gym.make(env_id, **kwargs)] * 3)
+        counts = _assert_same_ant_rollouts(batched, single, steps=40, seed=7)
+        dims.append(batched.single_observation_space.shape[0])
+        assert counts["terminated" if "healthy_z_range" in kwargs else "truncated"] >= 2
+        assert counts["terminated"] == 0 or "healthy_z_range" in kwargs
+    assert dims == [27, 107]  # 13 + 14 without the 78 contact forces; 15 + 14 + 78
+
+
+def test_batched_ant_resets_seeds_and_rejects_bad_input() -> None:
+    env = gym.make_vec("metarl/AntGoal-v0", num_envs=3, vectorization_mode="vector_entry_point")
+    assert env.max_episode_steps == 200  # the registered horizon
+    assert env.observation_space.shape == (3, 105) and env.action_space.shape == (3, 8)
+    first, _ = env.reset(seed=10)
+    again, _ = env.reset(seed=[10, 11, 12])  # an int seeds sub-env i with seed + i
+    np.testing.assert_array_equal(first, again)
+    assert env.observation_space.contains(first) and not np.array_equal(first[0], first[1])
+    moved = env.step(np.ones((3, 8), dtype=np.float32))[0]
+    partial, _ = env.reset(seed=[10, 11, 12], options={"reset_mask": np.array([True, False, True])})
+    np.testing.assert_array_equal(partial[[0, 2]], first[[0, 2]])
+    np.testing.assert_array_equal(partial[1], moved[1])
+    with pytest.raises(ValueError, match=r"actions must have shape \(3, 8\)"):
+        env.step(np.zeros((3, 6), dtype=np.float32))
+    with pytest.raises(ValueError, match="one task per sub-env"):
+        env.set_attr("task", [GoalTask(goal=(0.0, 0.0))] * 2)
+    with pytest.raises(ValueError, match="AntGoal"):
+        env.set_attr("task", [GoalTask(goal=(0.0, 0.0))] * 2 + [GoalTask(goal=(3.5, 0.0))])
+    with pytest.raises(TypeError):
+        env.set_attr("task", VelocityTask(1.0))
+    assert env.get_attr("task") == (GoalTask(goal=(1.5, 1.5)),) * 3  # unchanged: the default
+    with pytest.raises(AttributeError, match="only set 'task'"):
+        env.set_attr("goal", (1.0, 1.0))
+    with pytest.raises(ValueError, match="render modes"):
+        gym.make_vec(
+            "metarl/AntVel-v0", num_envs=2, vectorization_mode="vector_entry_point",
+            render_mode="rgb_array",
+        )  # fmt: skip

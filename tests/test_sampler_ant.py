@@ -1,0 +1,66 @@
+"""The sampler on the batched Ant envs: chosen through ``vector_entry_point``, and bitwise the
+episodes (terminations included) of the same sampler stepping single Ant envs."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from envs.ant import AntDirVectorEnv, AntGoalVectorEnv, AntVelVectorEnv
+from metarl.policies import GaussianMLPPolicy
+from metarl.sampler import Sampler, make_env
+from metarl.vector import SerialVectorEnv
+
+BATCHED = {
+    "metarl/AntVel-v0": AntVelVectorEnv,
+    "metarl/AntDir-v0": AntDirVectorEnv,
+    "metarl/AntGoal-v0": AntGoalVectorEnv,
+}
+FIELDS = (
+    "observations",
+    "actions",
+    "rewards",
+    "mask",
+    "log_probs",
+    "lengths",
+    "terminated",
+    "truncated",
+    "last_observations",
+)
+
+
+@pytest.mark.parametrize(
+    ("env_id", "backend"),
+    [
+        ("metarl/AntVel-v0", "local"),
+        ("metarl/AntDir-v0", "local"),
+        ("metarl/AntGoal-v0", "local"),
+        ("metarl/AntGoal-v0", "processes"),
+    ],
+)
+def test_batched_ant_sampler_equals_single_envs(env_id: str, backend: str) -> None:
+    """A wide policy (std e, actions clipped to the torque limits) makes some ants flip: the
+    terminated episodes, their lengths and masks agree too."""
+    assert gym.spec(env_id).vector_entry_point == f"envs.ant:{BATCHED[env_id].__name__}"
+    policy = GaussianMLPPolicy(obs_dim=105, act_dim=8, hidden_sizes=(16,), init_log_std=1.0)
+    params = policy.init_params(torch.Generator().manual_seed(0))
+    tasks = make_env(env_id).unwrapped.sample_tasks(3, np.random.default_rng(1))
+    kw = {"env_id": env_id, "num_tasks": 3, "episodes_per_task": 2, "horizon": 60}
+    batches = []
+    for single in (False, True):
+        with Sampler(**kw, backend=backend, num_workers=2) as sampler:
+            if single:
+                sampler.envs.close()
+                sampler.envs = SerialVectorEnv([lambda: gym.make(env_id)] * 6)
+            elif backend == "local":
+                assert isinstance(sampler.envs, BATCHED[env_id])
+            else:
+                assert "SerialVectorEnv" not in repr(sampler.envs)
+            batches.append(
+                sampler.sample(policy, params, tasks, seed=5, generator=torch.Generator())
+            )
+    batched, single_envs = batches
+    for name in FIELDS:
+        assert torch.equal(getattr(batched, name), getattr(single_envs, name)), name
+    assert bool(batched.terminated.any()) and bool(batched.truncated.any())
+    assert int(batched.lengths.min()) < 60
