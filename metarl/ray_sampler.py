@@ -45,7 +45,9 @@ def import_ray() -> Any:
 
 
 class RolloutWorker:
-    """What a Ray actor runs: a local sampler over ``num_tasks`` tasks and the policy."""
+    """What a Ray actor runs: a local sampler over ``num_tasks`` tasks (tasks ``task_offset``
+    on of a meta-batch of ``meta_batch_tasks``, whose shape it acts on, as the local sampler
+    does: see :class:`~metarl.sampler.Sampler`) and the policy."""
 
     def __init__(
         self,
@@ -56,6 +58,8 @@ class RolloutWorker:
         horizon: int,
         oracle: bool,
         policy_spec: PolicySpec,
+        task_offset: int = 0,
+        meta_batch_tasks: int | None = None,
     ) -> None:
         torch.set_num_threads(1)
         self.sampler = Sampler(
@@ -64,6 +68,8 @@ class RolloutWorker:
             episodes_per_task=episodes_per_task,
             horizon=horizon,
             oracle=oracle,
+            task_offset=task_offset,
+            meta_batch_tasks=meta_batch_tasks,
         )
         self.policy = policy_spec.build()
 
@@ -162,6 +168,8 @@ class RaySampler(EpisodeSampler):
             horizon=self.horizon,
             oracle=self.oracle,
             policy_spec=self._spec,
+            task_offset=a,
+            meta_batch_tasks=self.num_tasks,
         )
 
     def _ensure_actors(self, policy: MLPPolicy) -> None:

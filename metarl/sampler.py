@@ -13,9 +13,10 @@ same episodes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
@@ -210,14 +211,27 @@ class RolloutDraws:
         return RolloutDraws(self.reset_seeds[start:stop], self.noise[:, start:stop].clone())
 
 
-_MIN_ROWS = 8
-"""The fewest rows a policy forward in the sampler gets: BLAS computes a product of 1-3 rows
-with other kernels (other rounding) than the same rows inside a larger batch, and the
-backends' workers, which act on slices of the sub-envs, must act exactly as one process."""
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Act with one intra-op thread whatever the caller runs with (``learner_threads``): a
+    product split over threads may round otherwise, and every backend must act alike."""
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before != 1:
+            torch.set_num_threads(before)
 
 
-def _pad_rows(x: Tensor, pad: int) -> Tensor:
-    return torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
+def _placed(x: Tensor, rows: slice, total: int) -> Tensor:
+    """A fresh ``[total, ...]`` tensor holding ``x`` at ``rows``, zeros elsewhere."""
+    out = x.new_empty((total, *x.shape[1:]))
+    out[rows] = x
+    out[: rows.start].zero_()
+    out[rows.stop :].zero_()
+    return out
 
 
 @dataclass
@@ -231,7 +245,20 @@ class _Buffers:
 
 class Sampler(EpisodeSampler):
     """The ``local`` and ``processes`` backends: one vector env over all sub-envs, the policy
-    in this process."""
+    in this process.
+
+    How it acts (what makes every backend's episodes bitwise equal, by construction): the
+    sampler's tasks are tasks ``[task_offset, task_offset + num_tasks)`` of a meta-batch of
+    ``meta_batch_tasks``; every step makes one policy call of the whole meta-batch's shape
+    (``[meta_batch_tasks * episodes_per_task, obs_dim]``, per-task weights ``[meta_batch_tasks,
+    ...]``) on freshly allocated tensors, in one torch thread, with this sampler's rows at the
+    tasks' own place and zeros elsewhere. A Ray actor that owns a slice of the tasks thus makes
+    exactly the call the local sampler makes for all of them: the same kernels (BLAS picks
+    them by shape, alignment and thread count, and rounds differently for other row counts on
+    some CPUs), each task's rows at the same position; an output row depends only on its own
+    inputs, so the other tasks' rows (zeros here, real there) change nothing in it. The cost:
+    each Ray actor runs the whole meta-batch's forward (cheap next to stepping its envs).
+    """
 
     def __init__(
         self,
@@ -243,10 +270,21 @@ class Sampler(EpisodeSampler):
         backend: Backend = "local",
         num_workers: int = 2,
         oracle: bool = False,
+        task_offset: int = 0,
+        meta_batch_tasks: int | None = None,
     ) -> None:
         super().__init__(
             env_id=env_id, num_tasks=num_tasks, episodes_per_task=episodes_per_task, horizon=horizon
         )
+        self.task_offset = task_offset
+        """The meta-batch index of this sampler's first task (a Ray actor's slice starts there)."""
+        self.meta_batch_tasks = num_tasks if meta_batch_tasks is None else meta_batch_tasks
+        """Tasks in the whole meta-batch: the policy acts on its shape (see the class doc)."""
+        if not 0 <= task_offset <= self.meta_batch_tasks - num_tasks:
+            raise ValueError(
+                f"Sampler: tasks {task_offset}..{task_offset + num_tasks - 1} are not inside "
+                f"a meta-batch of {self.meta_batch_tasks}"
+            )
         self.envs = make_vector_env(
             env_id, self.num_envs, backend=backend, num_workers=num_workers, oracle=oracle
         )
@@ -277,26 +315,43 @@ class Sampler(EpisodeSampler):
         self.envs.set_attr("task", per_env)  # type: ignore[attr-defined]
         seeds: Any = list(draws.reset_seeds)  # one per sub-env (typed int | None upstream)
         obs, _ = self.envs.reset(seed=seeds)
-        return self._rollout(policy, params, np.asarray(obs), draws.noise, per_task_params)
+        with _one_torch_thread():
+            weights = self._acting_weights(params, per_task_params)
+            return self._rollout(policy, weights, np.asarray(obs), draws.noise, per_task_params)
+
+    def _acting_weights(self, params: Params, per_task: bool) -> Params:
+        """Fresh copies of the weights (same alignment on every backend, whatever ``params``
+        are views of); per-task weights placed at the tasks' rows of a meta-batch-sized
+        stack."""
+        if not per_task:
+            return {k: v.detach().clone() for k, v in params.items()}
+        rows = slice(self.task_offset, self.task_offset + self.num_tasks)
+        full = {}
+        for k, v in params.items():
+            if v.shape[0] != self.num_tasks:
+                raise ValueError(
+                    f"per-task weights {k!r} have {v.shape[0]} tasks, the sampler {self.num_tasks}"
+                )
+            full[k] = v.new_zeros((self.meta_batch_tasks, *v.shape[1:]))
+            full[k][rows] = v.detach()
+        return full
 
     def _act(
         self, policy: MLPPolicy, params: Params, obs: np.ndarray, noise: Tensor, per_task: bool
     ) -> tuple[Tensor, Tensor]:
-        x = torch.as_tensor(obs, dtype=torch.float32)
+        """One policy call of the meta-batch's shape, this sampler's rows at their place."""
+        k, e = self.meta_batch_tasks, self.episodes_per_task
+        rows = slice(self.task_offset * e, (self.task_offset + self.num_tasks) * e)
+        x = _placed(torch.as_tensor(obs, dtype=torch.float32), rows, k * e)
+        eps = _placed(noise, rows, k * e)
         if per_task:
-            k, e = self.num_tasks, self.episodes_per_task
-            x = x.reshape(k, e, -1)
             actions, log_probs = policy.act_per_task(
-                params, x, noise.reshape(k, e, *noise.shape[1:])
+                params, x.reshape(k, e, *x.shape[1:]), eps.reshape(k, e, *eps.shape[1:])
             )
-            return actions.flatten(0, 1), log_probs.flatten(0, 1)
-        if x.shape[0] < _MIN_ROWS:  # see _MIN_ROWS
-            pad = _MIN_ROWS - x.shape[0]
-            actions, log_probs = policy.act(
-                params, torch.nn.functional.pad(x, (0, 0, 0, pad)), _pad_rows(noise, pad)
-            )
-            return actions[:-pad], log_probs[:-pad]
-        return policy.act(params, x, noise)
+            actions, log_probs = actions.flatten(0, 1), log_probs.flatten(0, 1)
+        else:
+            actions, log_probs = policy.act(params, x, eps)
+        return actions[rows], log_probs[rows]
 
     def _rollout(
         self,

@@ -54,8 +54,8 @@ def cluster(flags: Path) -> Iterator[Cluster]:
     c.shutdown()
 
 
-def _policy() -> tuple[GaussianMLPPolicy, Params]:
-    policy = GaussianMLPPolicy(obs_dim=2, act_dim=2, hidden_sizes=(16, 16), init_log_std=-0.5)
+def _policy(cls: type[GaussianMLPPolicy] = GaussianMLPPolicy) -> tuple[GaussianMLPPolicy, Params]:
+    policy = cls(obs_dim=2, act_dim=2, hidden_sizes=(16, 16), init_log_std=-0.5)
     return policy, policy.init_params(torch.Generator().manual_seed(0))
 
 
@@ -70,8 +70,15 @@ def _tasks(env_id: str, n: int) -> list[Any]:
     return make_env(env_id).unwrapped.sample_tasks(n, np.random.default_rng(1))  # type: ignore[no-any-return]
 
 
-def _sample(sampler: Any, env_id: str, *, per_task: bool = False, num_tasks: int = 5) -> Any:
-    policy, params = _policy()
+def _sample(
+    sampler: Any,
+    env_id: str,
+    *,
+    per_task: bool = False,
+    num_tasks: int = 5,
+    cls: type[GaussianMLPPolicy] = GaussianMLPPolicy,
+) -> Any:
+    policy, params = _policy(cls)
     if per_task:
         params = _per_task(params, num_tasks)
     return sampler.sample(
@@ -84,9 +91,15 @@ def _sample(sampler: Any, env_id: str, *, per_task: bool = False, num_tasks: int
     )
 
 
-def _local(env_id: str, *, per_task: bool = False, horizon: int = 30) -> EpisodeBatch:
+def _local(
+    env_id: str,
+    *,
+    per_task: bool = False,
+    horizon: int = 30,
+    cls: type[GaussianMLPPolicy] = GaussianMLPPolicy,
+) -> EpisodeBatch:
     with Sampler(env_id=env_id, num_tasks=5, episodes_per_task=3, horizon=horizon) as sampler:
-        return _sample(sampler, env_id, per_task=per_task)  # type: ignore[no-any-return]
+        return _sample(sampler, env_id, per_task=per_task, cls=cls)  # type: ignore[no-any-return]
 
 
 def _ray(**kwargs: Any) -> RaySampler:
@@ -110,6 +123,17 @@ def test_ray_batches_equal_local_batches(cluster: Cluster, env_id: str) -> None:
             local = _local(env_id, per_task=per_task)
             assert_same(_sample(sampler, env_id, per_task=per_task), local)
         assert len(set(sampler.worker_nodes())) == 2  # one actor on each node
+
+
+def test_ray_actors_act_on_the_meta_batch_shape(cluster: Cluster) -> None:
+    """A policy whose outputs depend on the shape of the forward call (as a BLAS's rounding
+    does on some CPUs, issue 14): the actors, which own 3 and 2 of the 5 tasks, still act
+    exactly as the local sampler, since every backend acts on the whole meta-batch's shape."""
+    env_id, cls = "metarl/Navigation2D-v0", ray_envs.ShapeSensitivePolicy
+    with _ray(env_id=env_id, num_workers=2) as sampler:
+        for per_task in (False, True):
+            got = _sample(sampler, env_id, per_task=per_task, cls=cls)
+            assert_same(got, _local(env_id, per_task=per_task, cls=cls))
 
 
 def test_ray_mujoco_batches_equal_local_batches(cluster: Cluster) -> None:

@@ -231,39 +231,67 @@ def test_serial_vector_env_autoresets_on_the_next_step() -> None:
     vec.close()
 
 
+@pytest.mark.parametrize("per_task", [False, True], ids=["shared", "per-task"])
+@pytest.mark.parametrize("sensitive", [False, True], ids=["mlp", "shape-sensitive"])
 @pytest.mark.parametrize(
     ("env_id", "split"),
     [("metarl/Navigation2D-v0", (2, 1, 2)), ("metarl/HalfCheetahVel-v0", (1, 2))],
 )
-def test_any_split_of_the_tasks_gives_the_same_episodes(env_id: str, split: tuple) -> None:
+def test_any_split_of_the_tasks_gives_the_same_episodes(
+    env_id: str, split: tuple, sensitive: bool, per_task: bool
+) -> None:
     """What the Ray backend relies on: slices of the tasks rolled out apart (each with its
-    slice of the draws, here 1-task slices of 2 episodes too) and joined equal one rollout."""
-    num_tasks, per_task, horizon = sum(split), 2, 40
+    slice of the draws and its place in the meta-batch, here 1-task slices of 2 episodes too)
+    and joined equal one rollout, bitwise. With a policy whose outputs depend on the shape of
+    the forward call (as a BLAS's rounding may on another CPU) too: every slice acts on the
+    meta-batch's shape, so that changes nothing."""
+    from ray_envs import ShapeSensitivePolicy
+
+    num_tasks, episodes, horizon = sum(split), 2, 40
     env = make_env(env_id)
-    policy = GaussianMLPPolicy(
+    cls = ShapeSensitivePolicy if sensitive else GaussianMLPPolicy
+    policy = cls(
         obs_dim=env.observation_space.shape[0],  # type: ignore[index]
         act_dim=env.action_space.shape[0],  # type: ignore[index]
         hidden_sizes=(16,),
     )
     params = policy.init_params(torch.Generator().manual_seed(0))
+    if per_task:
+        gen = torch.Generator().manual_seed(3)
+        params = {
+            k: v + 0.1 * torch.randn((num_tasks, *v.shape), generator=gen)
+            for k, v in params.items()
+        }
     tasks = env.unwrapped.sample_tasks(num_tasks, np.random.default_rng(0))  # type: ignore[attr-defined]
     draws = RolloutDraws.draw(
-        policy, num_tasks * per_task, horizon, torch.Generator().manual_seed(1), 2
+        policy, num_tasks * episodes, horizon, torch.Generator().manual_seed(1), 2
     )
-    with Sampler(
-        env_id=env_id, num_tasks=num_tasks, episodes_per_task=per_task, horizon=horizon
-    ) as whole:
-        expected = whole.rollout(policy, params, tasks, draws)
-    parts, start = [], 0
+    kw = {"env_id": env_id, "episodes_per_task": episodes, "horizon": horizon}
+    with Sampler(num_tasks=num_tasks, **kw) as whole:
+        expected = whole.rollout(policy, params, tasks, draws, per_task_params=per_task)
+    parts, a = [], 0
     for k in split:
-        with Sampler(env_id=env_id, num_tasks=k, episodes_per_task=per_task, horizon=horizon) as s:
-            sl = draws.slice(start * per_task, (start + k) * per_task)
-            parts.append(s.rollout(policy, params, tasks[start : start + k], sl))
-        start += k
+        with Sampler(num_tasks=k, task_offset=a, meta_batch_tasks=num_tasks, **kw) as s:
+            sl = draws.slice(a * episodes, (a + k) * episodes)
+            w = {n: v[a : a + k] for n, v in params.items()} if per_task else params
+            parts.append(s.rollout(policy, w, tasks[a : a + k], sl, per_task_params=per_task))
+        a += k
     joined = concat_tasks(parts)
     for name in ("observations", "actions", "rewards", "mask", "log_probs", "lengths"):
         assert torch.equal(getattr(joined, name), getattr(expected, name)), name
     assert joined.num_tasks == num_tasks
+
+
+def test_a_slice_must_lie_inside_its_meta_batch() -> None:
+    with pytest.raises(ValueError, match=r"tasks 2\.\.3 are not inside a meta-batch of 3"):
+        Sampler(
+            env_id="metarl/Navigation2D-v0",
+            num_tasks=2,
+            episodes_per_task=1,
+            horizon=5,
+            task_offset=2,
+            meta_batch_tasks=3,
+        )
 
 
 def test_ray_backend_without_ray_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
