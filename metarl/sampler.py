@@ -68,12 +68,13 @@ def make_vector_env(
     backend: Backend = "local",
     num_workers: int = 2,
     oracle: bool = False,
+    worker_timeout_s: float = 300.0,
 ) -> gym.vector.VectorEnv[Any, Any, Any]:
     """A vector env of ``num_envs`` sub-envs: the env's own batched implementation when it
     registers a ``vector_entry_point`` (and ``oracle`` is off), else a
     :class:`SerialVectorEnv` of single envs; in this process (``local``) or split into
     contiguous shards stepped by ``num_workers`` processes (``processes``,
-    :class:`ShardedVectorEnv`)."""
+    :class:`ShardedVectorEnv`, whose calls wait at most ``worker_timeout_s`` for a worker)."""
     env_id = resolve_env_id(env_id)
     make_shard: ShardFn
     if gym.spec(env_id).vector_entry_point is not None and not oracle:
@@ -83,7 +84,9 @@ def make_vector_env(
             [functools.partial(make_env, env_id, oracle=oracle) for _ in range(num_envs)]
         )
     if backend == "processes":
-        return ShardedVectorEnv(make_shard, num_envs, num_workers=num_workers)
+        return ShardedVectorEnv(
+            make_shard, num_envs, num_workers=num_workers, timeout_s=worker_timeout_s
+        )
     return make_shard(0, num_envs)
 
 
@@ -272,7 +275,11 @@ class Sampler(EpisodeSampler):
         oracle: bool = False,
         task_offset: int = 0,
         meta_batch_tasks: int | None = None,
+        worker_timeout_s: float = 300.0,
     ) -> None:
+        """``worker_timeout_s``: with ``backend="processes"``, the longest one env call waits
+        for a worker (a stopped or hung one then ends the run with a
+        :class:`~metarl.errors.SamplerError` naming it)."""
         super().__init__(
             env_id=env_id, num_tasks=num_tasks, episodes_per_task=episodes_per_task, horizon=horizon
         )
@@ -286,7 +293,12 @@ class Sampler(EpisodeSampler):
                 f"a meta-batch of {self.meta_batch_tasks}"
             )
         self.envs = make_vector_env(
-            env_id, self.num_envs, backend=backend, num_workers=num_workers, oracle=oracle
+            env_id,
+            self.num_envs,
+            backend=backend,
+            num_workers=num_workers,
+            oracle=oracle,
+            worker_timeout_s=worker_timeout_s,
         )
         space = self.envs.single_action_space
         self.discrete = isinstance(space, gym.spaces.Discrete)

@@ -8,19 +8,25 @@ no gradients, no torch, no locks; they run one BLAS/OpenMP thread.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import multiprocessing as mp
 import os
+import signal
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from typing import Any
+from multiprocessing.connection import wait as mp_wait
+from typing import Any, NoReturn
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
+
+from metarl.errors import SamplerError
 
 EnvFn = Callable[[], gym.Env[Any, Any]]
 ShardFn = Callable[[int, int], VectorEnv[Any, Any, Any]]
@@ -120,30 +126,97 @@ def _seeds(seed: int | Sequence[int | None] | None, n: int) -> list[int | None]:
     return seeds
 
 
-def _worker(remote: Connection, make_shard: ShardFn, start: int, stop: int) -> None:
+_PARENT_CHECK_S = 1.0
+"""How often an idle worker checks that the process that started it is still alive."""
+
+_CLOSE_WAIT_S = 5.0
+"""How long :meth:`ShardedVectorEnv.close` waits for the workers to exit before killing them."""
+
+
+def _worker(
+    remote: Connection,
+    make_shard: ShardFn,
+    start: int,
+    stop: int,
+    inherited: Sequence[Connection],
+) -> None:
+    """Serve one shard until told to close, the pipe closes, or the parent dies.
+
+    ``inherited``: the parent's ends of the workers' pipes (this worker's own too), which a
+    forked child holds copies of; closed at once, so that the parent's death closes every pipe
+    and each worker reads EOF. Ctrl-C is the parent's to handle (it closes the workers), so a
+    terminal's SIGINT does not print a traceback from every worker."""
+    parent_pid = os.getppid()  # the trainer (fork, spawn) or the forkserver, which dies with it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for conn in inherited:
+        conn.close()
     os.environ["OMP_NUM_THREADS"] = "1"
-    envs: Any = make_shard(start, stop)  # a VectorEnv with set_attr/get_attr (untyped upstream)
     try:
-        while True:
-            cmd, data = remote.recv()
-            if cmd == "step":
-                obs, rew, term, trunc, _ = envs.step(data)
-                remote.send(("ok", (obs, rew, term, trunc)))
-            elif cmd == "reset":
-                obs, _ = envs.reset(seed=data)
-                remote.send(("ok", obs))
-            elif cmd == "set_attr":
-                envs.set_attr(*data)
-                remote.send(("ok", None))
-            elif cmd == "get_attr":
-                remote.send(("ok", envs.get_attr(data)))
-            elif cmd == "close":
-                remote.send(("ok", None))
-                break
-    except Exception:  # report any failure to the parent instead of dying silently
-        remote.send(("error", traceback.format_exc()))
+        envs: Any = make_shard(start, stop)  # a VectorEnv with set_attr/get_attr (untyped)
+    except Exception as err:
+        _send_quietly(remote, ("error", _error_report(err)))
+        return
+    try:
+        _serve(remote, envs, parent_pid)
     finally:
         envs.close()
+
+
+def _serve(remote: Connection, envs: Any, parent_pid: int) -> None:
+    while True:
+        try:
+            if not remote.poll(_PARENT_CHECK_S):
+                if os.getppid() != parent_pid:
+                    return  # the parent died (its pipe end may live on in another process)
+                continue
+            cmd, data = remote.recv()
+        except (EOFError, OSError):
+            return  # the parent closed the pipe or died: nobody to answer
+        try:
+            if cmd == "close":
+                return
+            if cmd == "step":
+                obs, rew, term, trunc, _ = envs.step(data)
+                result: Any = (obs, rew, term, trunc)
+            elif cmd == "reset":
+                result, _ = envs.reset(seed=data)
+            elif cmd == "set_attr":
+                result = envs.set_attr(*data)
+            elif cmd == "get_attr":
+                result = envs.get_attr(data)
+            else:
+                raise ValueError(f"unknown command {cmd!r}")
+        except Exception as err:  # the env's failure goes to the parent, which reports it
+            _send_quietly(remote, ("error", _error_report(err)))
+            return
+        if not _send_quietly(remote, ("ok", result)):
+            return
+
+
+def _error_report(err: BaseException) -> tuple[str, str]:
+    """``("Type: first line of the message", the whole traceback)`` of the exception being
+    handled."""
+    return _summary(err), traceback.format_exc()
+
+
+def _summary(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    more = " ..." if len(lines) > 1 else ""
+    return f"{type(err).__name__}: {lines[0]}{more}" if lines else type(err).__name__
+
+
+def _send_quietly(remote: Connection, message: tuple[str, Any]) -> bool:
+    """Send ``message``; False when the parent is gone (nothing to report it to)."""
+    try:
+        remote.send(message)
+    except (BrokenPipeError, ConnectionError, EOFError, OSError):
+        return False
+    return True
+
+
+class WorkerTraceback(Exception):
+    """The traceback of an exception raised in a sampler worker process, as text: the
+    ``__cause__`` of the :class:`~metarl.errors.SamplerError` that reports it in one line."""
 
 
 def shard_bounds(num_envs: int, num_workers: int) -> list[tuple[int, int]]:
@@ -160,7 +233,15 @@ class ShardedVectorEnv(VectorEnv[Any, Any, Any]):
 
     Worker ``w`` builds ``make_shard(start, stop)`` for its contiguous slice: a
     :class:`SerialVectorEnv` of single envs (:func:`serial_shards`) or an env's own batched
-    vector env."""
+    vector env.
+
+    Failures end in one :class:`~metarl.errors.SamplerError` naming the worker (index, pid,
+    sub-envs) and what happened: it died (exit code or signal), raised (the exception's last
+    line; the whole worker traceback is the error's ``__cause__``, a :class:`WorkerTraceback`),
+    or did not answer within ``timeout_s`` (stopped or hung; it is killed). After one, every
+    worker is closed. Workers never outlive the parent: they exit when its pipe closes or it
+    dies (checked every second while idle), whatever signal ended it.
+    """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.NEXT_STEP}  # noqa: RUF012
 
@@ -171,8 +252,16 @@ class ShardedVectorEnv(VectorEnv[Any, Any, Any]):
         *,
         num_workers: int = 2,
         context: str | None = None,
+        timeout_s: float = 300.0,
     ) -> None:
+        """``timeout_s``: the longest one call (step, reset, set_attr, get_attr) waits for all
+        workers' answers before it kills them and raises (a worker stopped by SIGSTOP, or an
+        env stuck in a step); ``context``: the multiprocessing start method (default fork where
+        the platform has it, else spawn)."""
+        if not timeout_s > 0:
+            raise ValueError(f"ShardedVectorEnv: timeout_s must be > 0, got {timeout_s}")
         self.num_envs = num_envs
+        self.timeout_s = float(timeout_s)
         self.bounds = shard_bounds(self.num_envs, num_workers)
         probe = make_shard(0, 1)
         self.single_observation_space = probe.single_observation_space
@@ -180,33 +269,102 @@ class ShardedVectorEnv(VectorEnv[Any, Any, Any]):
         probe.close()
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.remotes: list[Connection] = []
+        self.processes: list[Any] = []
+        try:
+            self._start(make_shard, context)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, make_shard: ShardFn, context: str | None) -> None:
         # fork where the platform has it: fast, and a user's script needs no __main__ guard
         default = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
         ctx: Any = mp.get_context(context or default)
-        self.remotes: list[Connection] = []
-        self.processes = []
+        forked = ctx.get_start_method() == "fork"  # only a forked child holds our pipe ends
         for start, stop in self.bounds:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, make_shard, start, stop), daemon=True)
+            inherited = [*self.remotes, parent] if forked else []
+            proc = ctx.Process(
+                target=_worker,
+                args=(child, make_shard, start, stop, inherited),
+                daemon=True,
+            )
+            self.remotes.append(parent)
             proc.start()
             child.close()
-            self.remotes.append(parent)
             self.processes.append(proc)
 
-    def _gather(self) -> list[Any]:
-        results = []
-        for i, remote in enumerate(self.remotes):
+    # -- calls and their failures
+
+    def _call(self, cmd: str, payloads: Sequence[Any]) -> list[Any]:
+        """Send worker ``i`` ``(cmd, payloads[i])``, then gather every answer within
+        ``timeout_s``."""
+        if self.closed or not self.remotes:
+            raise SamplerError(f"processes sampler: {cmd} after close (or a failed worker)")
+        for i, (remote, data) in enumerate(zip(self.remotes, payloads, strict=True)):
             try:
-                status, payload = remote.recv()
-            except (EOFError, OSError):
-                code = self.processes[i].exitcode
-                self.close()
-                raise RuntimeError(f"ShardedVectorEnv worker {i} died (exit code {code})") from None
-            if status == "error":
-                self.close()
-                raise RuntimeError(f"ShardedVectorEnv worker {i} failed:\n{payload}")
-            results.append(payload)
-        return results
+                remote.send((cmd, data))
+            except (BrokenPipeError, ConnectionError, EOFError, OSError):
+                self._fail(i, cmd, self._pending_error(i) or self._death(i))
+            except Exception as err:  # e.g. a task that cannot be pickled
+                self._fail(i, cmd, f"could not be sent its data: {_summary(err)}", err)
+        deadline = time.monotonic() + self.timeout_s
+        return [self._answer(i, cmd, deadline) for i in range(len(self.remotes))]
+
+    def _answer(self, i: int, cmd: str, deadline: float) -> Any:
+        remote, proc = self.remotes[i], self.processes[i]
+        while not remote.poll(0):  # true also at EOF
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._fail(i, cmd, self._no_answer(i))
+            ready = mp_wait([remote, proc.sentinel], timeout=left)
+            if proc.sentinel in ready and not remote.poll(0):
+                self._fail(i, cmd, self._death(i))
+        try:
+            status, payload = remote.recv()
+        except (EOFError, OSError):
+            self._fail(i, cmd, self._death(i))
+        if status == "error":
+            summary, text = payload
+            self._fail(i, cmd, f"raised {summary}", WorkerTraceback(text))
+        return payload
+
+    def _pending_error(self, i: int) -> str | None:
+        """The error a worker sent before it exited (e.g. its shard failed to build)."""
+        with contextlib.suppress(Exception):
+            if self.remotes[i].poll(0):
+                status, payload = self.remotes[i].recv()
+                if status == "error":
+                    return f"raised {payload[0]}"
+        return None
+
+    def _death(self, i: int) -> str:
+        proc = self.processes[i]
+        proc.join(timeout=2.0)  # the pipe closes a moment before the exit code is known
+        code = proc.exitcode
+        if code is None:
+            return "closed its pipe but is still running"
+        if code < 0:
+            name = _signal_name(-code)
+            hint = " (the kernel's out-of-memory killer?)" if -code == signal.SIGKILL else ""
+            return f"was killed by {name}{hint}"
+        return f"exited with code {code}"
+
+    def _no_answer(self, i: int) -> str:
+        state = _process_state(self.processes[i].pid)
+        self.processes[i].kill()
+        why = "it is stopped (SIGSTOP?)" if state in ("T", "t") else "hung in its env?"
+        return f"did not answer within timeout_s={self.timeout_s:g} s ({why}); killed"
+
+    def _fail(self, i: int, cmd: str, what: str, cause: BaseException | None = None) -> NoReturn:
+        a, b = self.bounds[i]
+        pid = self.processes[i].pid
+        message = f"processes sampler: worker {i} (pid {pid}, sub-envs {a}..{b - 1}) {what} "
+        self.close()
+        raise SamplerError(message + f"during {cmd}") from cause
+
+    # -- the vector env interface
 
     def reset(
         self, *, seed: int | Sequence[int] | None = None, options: dict[str, Any] | None = None
@@ -214,16 +372,12 @@ class ShardedVectorEnv(VectorEnv[Any, Any, Any]):
         if options:
             raise ValueError("ShardedVectorEnv.reset does not take options")
         seeds = _seeds(seed, self.num_envs)
-        for remote, (a, b) in zip(self.remotes, self.bounds, strict=True):
-            remote.send(("reset", seeds[a:b]))
-        return np.concatenate(self._gather()), {}
+        return np.concatenate(self._call("reset", [seeds[a:b] for a, b in self.bounds])), {}
 
     def step(
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        for remote, (a, b) in zip(self.remotes, self.bounds, strict=True):
-            remote.send(("step", actions[a:b]))
-        parts = self._gather()
+        parts = self._call("step", [actions[a:b] for a, b in self.bounds])
         obs, rew, term, trunc = (np.concatenate(x) for x in zip(*parts, strict=True))
         return obs, rew, term, trunc, {}
 
@@ -231,24 +385,40 @@ class ShardedVectorEnv(VectorEnv[Any, Any, Any]):
         """Set ``name`` on every sub-env, one value each (e.g. ``"task"``)."""
         if len(values) != self.num_envs:
             raise ValueError(f"set_attr: {len(values)} values for {self.num_envs} envs")
-        for remote, (a, b) in zip(self.remotes, self.bounds, strict=True):
-            remote.send(("set_attr", (name, list(values[a:b]))))
-        self._gather()
+        self._call("set_attr", [(name, list(values[a:b])) for a, b in self.bounds])
 
     def get_attr(self, name: str) -> tuple[Any, ...]:
-        for remote in self.remotes:
-            remote.send(("get_attr", name))
-        return tuple(v for part in self._gather() for v in part)
+        parts = self._call("get_attr", [name] * len(self.remotes))
+        return tuple(v for part in parts for v in part)
 
     def close_extras(self, **kwargs: Any) -> None:
+        """Ask every worker to exit, wait up to a few seconds, kill those still running (a
+        stopped or hung one)."""
         for remote in self.remotes:
-            try:
+            with contextlib.suppress(Exception):
                 remote.send(("close", None))
-                remote.recv()
-            except (BrokenPipeError, EOFError, OSError):
-                pass
+        deadline = time.monotonic() + _CLOSE_WAIT_S
         for proc in self.processes:
-            proc.join(timeout=5)
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
-                proc.terminate()
+                proc.kill()  # SIGKILL: a stopped process takes no SIGTERM until continued
+                proc.join(timeout=_CLOSE_WAIT_S)
+        for remote in self.remotes:
+            remote.close()
         self.remotes, self.processes = [], []
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _process_state(pid: int | None) -> str:
+    """The one-letter state in ``/proc/<pid>/stat`` (``T``: stopped), ``?`` elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
