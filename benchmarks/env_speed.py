@@ -7,7 +7,8 @@ Prints one line per measurement and, last, one JSON object with all figures. Rat
 steps per second (best of ``--repeats`` runs, raw and ours interleaved); ``overhead_pct`` is the
 extra time per step of our env over the raw v5 env; the batched HalfCheetahVel and AntVel
 vector envs (``gymnasium.make_vec``, one process) are shown against one raw HalfCheetah-v5 /
-Ant-v5 measured beside them. ``--only`` restricts the run to some envs. Raw
+Ant-v5 measured beside them, and the batched AntVel also against ``--num-ant`` raw Ant-v5 envs
+stepping the same episodes (see :func:`same_steps_figures`). ``--only`` restricts the run. Raw
 HalfCheetah-v5 makes MuJoCo print its ``settotalmass`` deprecation warning (and write
 MUJOCO_LOG.TXT): that is the baseline, not us, and it is made in a temporary directory.
 """
@@ -131,6 +132,38 @@ def batched_mujoco_figures(ours: str, n: int, args: argparse.Namespace) -> dict[
     }
 
 
+def same_steps_figures(ours: str, n: int, args: argparse.Namespace) -> dict[str, float]:
+    """Ant terminates, so a free-running single env and a batched one step different states
+    (a fallen ant has other contacts, resets cost extra): here all step the same episodes
+    from the same seeds with the same ``--same-steps`` action rows (bitwise the same MuJoCo
+    work): the batched env, and ``n`` raw v5 envs or ``n`` of our single envs in a
+    :class:`metarl.vector.SerialVectorEnv` (what the sampler steps without a batched env)."""
+    from metarl.vector import SerialVectorEnv
+
+    raw = PAIRS[ours]
+    name, raw_name = ours.split("/")[1].removesuffix("-v0"), raw.removesuffix("-v5") + "_v5"
+    vecs = {
+        "batched": gym.make_vec(ours, num_envs=n, vectorization_mode="vector_entry_point"),
+        "raw": SerialVectorEnv([lambda: gym.make(raw)] * n),
+        "ours": SerialVectorEnv([lambda: gym.make(ours)] * n),
+    }
+    actions = _actions(vecs["batched"].action_space, args.same_steps, seed=0)
+    runs: dict[str, list[float]] = {kind: [] for kind in vecs}
+    for _ in range(args.repeats):
+        for kind, vec in vecs.items():
+            vec.reset(seed=0)
+            start = time.perf_counter()
+            for row in actions:
+                vec.step(row)
+            runs[kind].append(n * len(actions) / (time.perf_counter() - start))
+    return {
+        f"{name}_batched_{n}_same_steps": max(runs["batched"]),
+        f"{raw_name}_x{n}_serial_same_steps": max(runs["raw"]),
+        f"{name}_x{n}_serial_same_steps": max(runs["ours"]),
+        f"{name}_batched_{n}_same_steps_speedup_over_raw": max(runs["batched"]) / max(runs["raw"]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="duration of one measurement")
@@ -146,6 +179,9 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="+", choices=NAMES, default=list(NAMES), help="measure only these envs"
     )
+    parser.add_argument(
+        "--same-steps", type=int, default=50, help="steps of the Ant same-episodes comparison"
+    )
     args = parser.parse_args()
     figures = navigation_figures(args) if "Navigation2D" in args.only else {}
     batched_sizes = {"metarl/HalfCheetahVel-v0": args.num_cheetah, "metarl/AntVel-v0": args.num_ant}
@@ -154,9 +190,11 @@ def main() -> None:
             if ours.split("/")[1].removesuffix("-v0") in args.only:
                 figures.update(mujoco_figures(ours, raw, args))
                 figures.update(batched_mujoco_figures(ours, batched_sizes[ours], args))
+        if "AntVel" in args.only:
+            figures.update(same_steps_figures("metarl/AntVel-v0", args.num_ant, args))
     for key, value in figures.items():
         unit = "%" if key.endswith("_pct") else "x" if key.endswith("_over_raw") else " steps/s"
-        print(f"{key:40s} {value:14,.1f}{unit}")
+        print(f"{key:48s} {value:14,.1f}{unit}")
     print(json.dumps({k: round(v, 1) for k, v in figures.items()}))
 
 
