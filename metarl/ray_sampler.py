@@ -96,7 +96,9 @@ def connect(address: str | None) -> None:
     """Use the Ray of this process if initialised, else connect to ``address`` (``"auto"``,
     ``"host:port"``, ``"ray://..."``) or, for ``None``, start a new local Ray bound to loopback
     (``address="local"``: a bare ``ray.init()`` would join whatever cluster was started last on
-    this machine)."""
+    this machine). Every listening socket of that Ray (GCS, raylet, object manager, agents,
+    actors) is on 127.0.0.1 (``test_a_local_ray_listens_on_loopback_only``; with a node
+    address of another interface Ray listens on all of them)."""
     ray = import_ray()
     if ray.is_initialized():
         return

@@ -245,3 +245,109 @@ def test_sampler_joins_a_cluster_or_starts_a_local_ray(cluster: Cluster, join: b
     assert out.returncode == 0, out.stderr[-3000:]
     expected = "nodes 2 initialized True" if join else "nodes 0 initialized False"
     assert expected in out.stdout
+
+
+_LISTENERS_SCRIPT = r"""
+import os, socket, struct, sys, time
+import numpy as np, torch
+from metarl.policies import GaussianMLPPolicy
+from metarl.ray_sampler import RaySampler
+from metarl.sampler import make_env
+
+
+def tree(root):
+    children = {}
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(d))
+        except (OSError, IndexError, ValueError):
+            pass
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def address(hexaddr, v6):
+    ip, port = hexaddr.split(":")
+    raw = bytes.fromhex(ip)
+    if v6:  # four little-endian 32-bit words
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+        return socket.inet_ntop(socket.AF_INET6, raw), int(port, 16)
+    return socket.inet_ntop(socket.AF_INET, raw[::-1]), int(port, 16)
+
+
+def listening(pids):
+    owners = {}
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            name = open(f"/proc/{pid}/comm").read().strip()
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                owners.setdefault(link[8:-1], set()).add(name)
+    found = set()
+    for table, v6 in (("tcp", False), ("tcp6", True)):
+        try:
+            rows = open(f"/proc/net/{table}").read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if f[3] == "0A" and f[9] in owners:  # 0A: LISTEN
+                ip, port = address(f[1], v6)
+                found |= {(ip, port, name) for name in owners[f[9]]}
+    return found
+
+
+policy = GaussianMLPPolicy(obs_dim=2, act_dim=2, hidden_sizes=(8,))
+params = policy.init_params(torch.Generator().manual_seed(0))
+env_id = "metarl/Navigation2D-v0"
+tasks = make_env(env_id).unwrapped.sample_tasks(2, np.random.default_rng(0))
+sampler = RaySampler(env_id=env_id, num_tasks=2, episodes_per_task=2, horizon=5, num_workers=2)
+sampler.sample(policy, params, tasks, generator=torch.Generator(), seed=1)  # actors up
+seen = set()
+for _ in range(4):  # agents may bind a little later than the actors start
+    seen |= listening(tree(os.getpid()))
+    time.sleep(1.0)
+sampler.close()
+for ip, port, name in sorted(seen):
+    print("LISTEN", ip, port, name)
+"""
+
+
+def test_a_local_ray_listens_on_loopback_only() -> None:
+    """The sampler's own local Ray (no ``ray_address``), in a fresh process: every listening TCP
+    socket of that process and all its descendants (GCS, raylet, object manager, agents,
+    actors) is bound to 127.0.0.1 (or ::1), none to 0.0.0.0 or another interface. Read from
+    ``/proc`` (Linux)."""
+    import subprocess
+    import sys
+
+    if not os.path.exists("/proc/net/tcp"):
+        pytest.skip("needs Linux /proc/net/tcp")
+    env = os.environ | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run(
+        [sys.executable, "-c", _LISTENERS_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    listeners = [line.split()[1:] for line in out.stdout.splitlines() if line.startswith("LISTEN")]
+    names = {name for *_, name in listeners}
+    assert {"gcs_server", "raylet"} <= names, listeners  # the probe sees Ray's servers
+    loopback = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+    exposed = [x for x in listeners if x[0] not in loopback]
+    assert not exposed, f"listening beyond loopback: {exposed}"
