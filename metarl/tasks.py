@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import numbers
 import pickle
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -32,6 +33,7 @@ __all__ = [
     "TaskEnv",
     "TaskEnvError",
     "check_task_env",
+    "check_task_protocol",
     "real_field",
     "real_pair_field",
     "require_in_box",
@@ -165,15 +167,41 @@ def check_task_env(env: gym.Env[Any, Any], *, seed: int = 0) -> None:
     _check_members(base, name)
     _run_gymnasium_checker(base, name)
     tasks = _check_sampling(base, name, seed)
-    original = _call(name, "reading .task", lambda: base.task)
-    try:
-        _check_set_task(base, name, tasks)
+    with _restoring_task(base, name):
+        _check_round_trip(base, name, tasks)
+        _check_rejects_a_non_task(base, name)
         _check_reward_depends_on_task(base, name, tasks, seed)
+
+
+def check_task_protocol(env: gym.Env[Any, Any], *, seed: int = 0) -> None:
+    """The cheap part of :func:`check_task_env` that training relies on, run when a run starts.
+
+    Checks that the members are there, that ``sample_tasks`` returns a list, reproducible for
+    one rng seed, of hashable and picklable tasks, and that ``set_task`` then ``task`` (and the
+    ``task`` setter) round-trip. Runs no episode and not gymnasium's ``check_env``.
+
+    Raises:
+        TaskEnvError: on the first failed check, with a message that says what is wrong.
+    """
+    base = _unwrapped(env)
+    name = type(base).__name__
+    _check_members(base, name)
+    tasks = _check_sampling(base, name, seed)
+    with _restoring_task(base, name):
+        _check_round_trip(base, name, tasks)
+
+
+@contextlib.contextmanager
+def _restoring_task(env: Any, name: str) -> Iterator[None]:
+    """Give ``env`` its task back after the block (a failure found matters more than this)."""
+    original = _call(name, "reading .task", lambda: env.task)
+    try:
+        yield
     except TaskEnvError:
-        with contextlib.suppress(Exception):  # the failure found matters more than the restore
-            base.set_task(original)
+        with contextlib.suppress(Exception):
+            env.set_task(original)
         raise
-    _call(name, f"set_task({original!r}) (restoring its task)", partial(base.set_task, original))
+    _call(name, f"set_task({original!r}) (restoring its task)", partial(env.set_task, original))
 
 
 def _unwrapped(env: object) -> Any:
@@ -290,16 +318,17 @@ def _equal(a: object, b: object) -> bool:
         return False
 
 
-def _check_set_task(env: Any, name: str, tasks: list[Any]) -> None:
+def _check_round_trip(env: Any, name: str, tasks: list[Any]) -> None:
     for task in tasks[:2]:
         _call(
             name,
             f"set_task({task!r}) on a task from its own sample_tasks",
             partial(env.set_task, task),
         )
-        if not _equal(env.task, task):
+        current = _call(name, "reading .task", lambda: env.task)
+        if not _equal(current, task):
             raise TaskEnvError(
-                f"{name}.set_task({task!r}) then {name}.task gave {env.task!r}; "
+                f"{name}.set_task({task!r}) then {name}.task gave {current!r}; "
                 "the task property must return the task last set"
             )
     try:
@@ -309,12 +338,25 @@ def _check_set_task(env: Any, name: str, tasks: list[Any]) -> None:
             f"{name}.task cannot be assigned ({error}); give the task property a setter that "
             "calls set_task(task), so that vector envs can use set_attr('task', tasks)"
         ) from error
-    if not _equal(env.task, tasks[0]):
+    except Exception as error:
+        raise TaskEnvError(
+            f"{name}: `env.task = {tasks[0]!r}` raised {type(error).__name__}: {error}"
+        ) from error
+    if not _equal(_call(name, "reading .task", lambda: env.task), tasks[0]):
         raise TaskEnvError(f"{name}.task = {tasks[0]!r} did not set the task")
+
+
+def _check_rejects_a_non_task(env: Any, name: str) -> None:
     try:
         env.set_task(object())
     except (TypeError, ValueError):
         return
+    except Exception as error:
+        raise TaskEnvError(
+            f"{name}.set_task(object()) raised {type(error).__name__}: {error}; reject a task "
+            "of the wrong type with a TypeError (and one outside the distribution with a "
+            "ValueError)"
+        ) from error
     raise TaskEnvError(
         f"{name}.set_task accepted object(), which is not a task; reject a task of the wrong "
         "type with a TypeError (and one outside the distribution with a ValueError)"
@@ -330,20 +372,21 @@ def _check_reward_depends_on_task(env: Any, name: str, tasks: list[Any], seed: i
             "the distribution needs at least two different tasks"
         )
     actions = _fixed_actions(env, seed)
-    rewards_first = _rollout_with(env, first, seed, actions, use_setter=False)
-    if _rollout_with(env, first, seed, actions, use_setter=False) != rewards_first:
+    rollout = partial(_rollout_with, env, name, seed=seed, actions=actions)
+    rewards_first = rollout(first, use_setter=False)
+    if rollout(first, use_setter=False) != rewards_first:
         raise TaskEnvError(
             f"{name} is not deterministic: the same task, seed {seed} and actions gave "
             "different rewards; draw all randomness from self.np_random (seeded by reset)"
         )
-    rewards_second = _rollout_with(env, second, seed, actions, use_setter=False)
+    rewards_second = rollout(second, use_setter=False)
     if rewards_second == rewards_first:
         raise TaskEnvError(
             f"{name}'s rewards do not depend on the task: tasks {first!r} and {second!r} gave "
             f"the same rewards over {len(rewards_first)} steps for seed {seed} and the same "
             "actions; set_task(task) must change the reward (or dynamics)"
         )
-    if _rollout_with(env, second, seed, actions, use_setter=True) != rewards_second:
+    if rollout(second, use_setter=True) != rewards_second:
         raise TaskEnvError(
             f"{name}: `env.task = task` does not act as set_task(task) (different rewards for "
             "the same task, seed and actions); make the task setter call set_task"
@@ -357,17 +400,58 @@ def _fixed_actions(env: Any, seed: int) -> list[Any]:
 
 
 def _rollout_with(
-    env: Any, task: object, seed: int, actions: list[Any], *, use_setter: bool
+    env: Any, name: str, task: object, *, seed: int, actions: list[Any], use_setter: bool
 ) -> list[float]:
     if use_setter:
-        env.task = task
+        _call(name, f"`env.task = {task!r}`", partial(setattr, env, "task", task))
     else:
-        env.set_task(task)
-    env.reset(seed=seed)
+        _call(name, f"set_task({task!r})", partial(env.set_task, task))
+    obs, _ = _call(name, f"reset(seed={seed}) with task {task!r}", partial(env.reset, seed=seed))
+    _check_observation(env, name, obs, f"reset(seed={seed}) with task {task!r}")
     rewards: list[float] = []
-    for action in actions:
-        _, reward, terminated, truncated, _ = env.step(action)
+    for t, action in enumerate(actions, start=1):
+        where = f"step {t} after reset(seed={seed}) with task {task!r}"
+        obs, reward, terminated, truncated, _ = _call(name, where, partial(env.step, action))
+        _check_observation(env, name, obs, where)
+        if not _finite_real(reward):
+            raise TaskEnvError(
+                f"{name}: {where} gave the reward {reward!r}; a reward must be a finite number"
+            )
         rewards.append(float(reward))
         if terminated or truncated:
             break
     return rewards
+
+
+def _finite_real(value: object) -> bool:
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value.item()
+    return isinstance(value, numbers.Real) and math.isfinite(float(value))
+
+
+def _check_observation(env: Any, name: str, obs: Any, where: str) -> None:
+    """An observation must be finite and inside ``observation_space``."""
+    numeric = _is_array(obs) and np.issubdtype(np.asarray(obs).dtype, np.number)
+    shown = np.array2string(np.asarray(obs), threshold=8, precision=4) if numeric else repr(obs)
+    if numeric and not np.all(np.isfinite(np.asarray(obs, dtype=np.float64))):
+        raise TaskEnvError(
+            f"{name}: {where} gave a non-finite observation {shown}; observations must be "
+            "finite numbers"
+        )
+    if not _space_contains(env.observation_space, obs):
+        raise TaskEnvError(
+            f"{name}: {where} gave the observation {shown}, outside its observation_space "
+            f"{env.observation_space}"
+        )
+
+
+def _space_contains(space: gym.Space[Any], value: Any) -> bool:
+    """``space.contains(value)``, False where the space's own test raises."""
+    try:
+        return bool(space.contains(value))
+    except Exception:
+        return False
+
+
+def _is_array(value: object) -> bool:
+    return isinstance(value, np.ndarray | numbers.Number)

@@ -18,6 +18,7 @@ from metarl.tasks import (
     TaskEnv,
     TaskEnvError,
     check_task_env,
+    check_task_protocol,
     real_field,
     real_pair_field,
     require_in_range,
@@ -204,7 +205,56 @@ class RejectsOwnTasksEnv(LineTargetEnv):
         raise ValueError("no")
 
 
+class NaNRewardEnv(LineTargetEnv):
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, float("nan") if self._task.target < 0 else reward, terminated, truncated, info
+
+
+class InfObservationEnv(LineTargetEnv):
+    def step(self, action):
+        _, reward, terminated, truncated, info = super().step(action)
+        obs = np.array([np.inf if self._task.target < 0 else self._x], dtype=np.float32)
+        return obs, reward, terminated, truncated, info
+
+
+class OutsideBoxEnv(LineTargetEnv):
+    def step(self, action):
+        _, reward, terminated, truncated, info = super().step(action)
+        obs = np.array([5.0 if self._task.target < 0 else self._x], dtype=np.float32)
+        return obs, reward, terminated, truncated, info
+
+
+class StepRaisesEnv(LineTargetEnv):
+    def step(self, action):
+        if self._task.target < 0:
+            raise RuntimeError("boom in step")
+        return super().step(action)
+
+
+class ResetRaisesEnv(LineTargetEnv):
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if self._task.target < 0:
+            raise KeyError("boom in reset")
+        return super().reset(seed=seed, options=options)
+
+
+class SetTaskCrashesOnANonTaskEnv(LineTargetEnv):
+    def set_task(self, task: TargetTask) -> None:
+        require_in_range("LineTarget", "target", task.target, -1.0, 1.0)  # AttributeError
+        self._task = task
+
+
 BROKEN = [
+    (NaNRewardEnv, r"NaNRewardEnv: step 1 after reset\(seed=0\) with task .* gave the reward nan"),
+    (InfObservationEnv, r"InfObservationEnv: step 1 .* gave a non-finite observation \[inf\]"),
+    (OutsideBoxEnv, r"OutsideBoxEnv: step 1 .* gave the observation \[5.\], outside its obs"),
+    (StepRaisesEnv, r"StepRaisesEnv: step 1 after .* raised RuntimeError: boom in step"),
+    (ResetRaisesEnv, r"ResetRaisesEnv: reset\(seed=0\) with task .* raised KeyError"),
+    (
+        SetTaskCrashesOnANonTaskEnv,
+        r"set_task\(object\(\)\) raised AttributeError: .*; reject a task of the wrong type",
+    ),
     (WrongSignatureEnv, r"WrongSignatureEnv: sample_tasks\(10, rng\) raised TypeError"),
     (
         RejectsOwnTasksEnv,
@@ -239,6 +289,25 @@ def test_checker_names_the_readme_for_a_missing_method() -> None:
 def test_checker_rejects_a_non_env() -> None:
     with pytest.raises(TaskEnvError, match=r"object is not a gymnasium\.Env"):
         check_task_env(object())  # type: ignore[arg-type]
+
+
+def test_protocol_check_runs_no_episode_but_checks_what_training_needs() -> None:
+    check_task_protocol(LineTargetEnv())
+    check_task_protocol(StepRaisesEnv())  # no episode: the full checker finds that one
+    check_task_protocol(AcceptsAnythingEnv())  # rejecting a non-task is not needed to train
+    for env_type, message in [
+        (NoSetTaskEnv, r"NoSetTaskEnv has no set_task\(task\) method"),
+        (ReadOnlyTaskEnv, r"ReadOnlyTaskEnv.task is a read-only property"),
+        (UnpicklableTaskEnv, r"is not picklable"),
+        (GlobalRngEnv, r"used the global RNG"),
+        (RejectsOwnTasksEnv, r"on a task from its own sample_tasks raised ValueError"),
+    ]:
+        with pytest.raises(TaskEnvError, match=message):
+            check_task_protocol(env_type())
+    env = LineTargetEnv()
+    before = env.task
+    check_task_protocol(env, seed=5)
+    assert env.task == before  # restored
 
 
 # --- validation helpers ------------------------------------------------------------------------
