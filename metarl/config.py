@@ -28,6 +28,8 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from metarl.errors import replacing
+
 T = TypeVar("T")
 
 
@@ -155,6 +157,10 @@ class EnvConfig:
     """Gymnasium id of a task env (``metarl/...`` or a user's own, ``module:Id``)."""
     horizon: int = bounded(100, ge=1)
     """Maximum steps per episode (episodes also end at the env's own time limit)."""
+    normalize_actions: bool = True
+    """The policy acts in [-1, 1]^d, mapped affinely onto the env's action bounds and clipped
+    there (the paper's rllab ``normalize``; Navigation2D's +-0.1 bounds scale actions by 0.1).
+    False: the policy acts in the env's own units (clipped to its bounds)."""
 
 
 @dataclass(frozen=True)
@@ -262,6 +268,9 @@ class RLConfig:
     """GAE lambda (1.0: Monte Carlo returns minus the baseline)."""
     normalize_advantages: bool = True
     """Standardise advantages per task (as the paper's code)."""
+    bootstrap_truncated: bool = False
+    """An episode cut by the time limit continues with the baseline's value of its last
+    observation in the advantages; false (the paper's code): every episode ends with value 0."""
     inner: InnerLoopConfig = field(default_factory=lambda: InnerLoopConfig(lr=0.1))
     """Inner loop: vanilla policy gradient."""
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -576,7 +585,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form key=value (e.g. inner.lr=0.05)")
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    if not raw.strip():
+        return key.strip().split("."), ""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(
+            f"override {text!r}: the value {raw!r} is not valid YAML ({problem}); "
+            "quote a string, write a list as [1, 2]"
+        ) from None
+    return key.strip().split("."), value
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -663,8 +682,9 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def save_config(config: Any, path: str | Path) -> None:
-    """Write a config as YAML (the run directory's record of what ran)."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    """Write a config as YAML (the run directory's record of what ran), atomically."""
+    with replacing(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
 def config_diff(a: Any, b: Any) -> list[str]:

@@ -77,6 +77,8 @@ def test_overrides_set_nested_keys_with_types() -> None:
         ("kind=chess", r"'kind': value 'chess' .* one of 'sinusoid'"),
         ("inner=3", r"'inner': value 3 .* a mapping"),
         ("novalue", r"not of the form key=value"),
+        ("inner.lr=[1", r"override 'inner.lr=\[1': the value '\[1' is not valid YAML"),
+        ('env.id="x', r"the value '\"x' is not valid YAML"),
     ],
 )
 def test_bad_overrides_name_key_value_and_what_is_allowed(override: str, message: str) -> None:
