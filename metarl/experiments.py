@@ -71,31 +71,56 @@ def _sinusoid_evaluate(runs: Sequence[Checkpoint], options: EvalOptions) -> Eval
     )
 
 
-def _check_env_id(config: Any) -> None:
-    """An unknown env id is a config error (named), not a traceback from the sampler."""
-    from metarl.sampler import resolve_env_id
+def _check_env(config: Any) -> None:
+    """An unknown env id, or an env that does not follow the task protocol, is an error of
+    the config key 'env.id' (named), not a traceback from the sampler mid-run."""
+    from metarl.sampler import make_env, resolve_env_id
+    from metarl.tasks import TaskEnvError, check_task_protocol
 
     try:
         resolve_env_id(config.env.id)
     except ValueError as err:
         raise ConfigError(f"config key 'env.id': {err}") from None
+    try:
+        env = make_env(config.env.id)
+    except Exception as err:  # a user's env whose constructor fails
+        raise ConfigError(
+            f"config key 'env.id': making {config.env.id!r} raised {type(err).__name__}: {err}"
+        ) from None
+    try:
+        check_task_protocol(env)
+    except TaskEnvError as err:
+        raise ConfigError(
+            f"config key 'env.id': {config.env.id!r} is not a task env: {err}"
+        ) from None
+    finally:
+        env.close()
 
 
-def _check_sampler(config: Any, num_tasks: int) -> None:
-    """Ray workers own whole tasks: more workers than tasks is a config error."""
+def _check_sampler(config: Any, num_tasks: int, episodes: int, keys: tuple[str, str]) -> None:
+    """Ray workers own whole tasks and worker processes whole sub-envs: more workers than
+    those is an error of 'sampler.num_workers'. ``keys`` name the sizes in the config."""
     s = config.sampler
     if s.backend == "ray" and s.num_workers > num_tasks:
         raise ConfigError(
             f"config key 'sampler.num_workers': {s.num_workers} Ray workers for {num_tasks} "
-            "tasks; each worker owns whole tasks, so at most one per task"
+            f"tasks ({keys[0]}); each worker owns whole tasks, so at most one per task"
+        )
+    num_envs = num_tasks * episodes
+    if s.backend == "processes" and s.num_workers > num_envs:
+        raise ConfigError(
+            f"config key 'sampler.num_workers': {s.num_workers} worker processes for "
+            f"{num_envs} sub-envs ({keys[0]} x {keys[1]} = {num_tasks} x {episodes}); each "
+            f"worker steps at least one, so at most {num_envs}"
         )
 
 
 def _rl_learner(config: Any, rngs: Rngs) -> Learner:
     from metarl.rl import make_rl_learner
 
-    _check_env_id(config)
-    _check_sampler(config, config.meta_batch_size)
+    keys = ("meta_batch_size", "episodes_per_task")
+    _check_sampler(config, config.meta_batch_size, config.episodes_per_task, keys)
+    _check_env(config)
     return make_rl_learner(config, rngs)
 
 
@@ -104,12 +129,13 @@ def _rl_evaluate(runs: Sequence[Checkpoint], options: EvalOptions) -> EvalResult
 
     eval_cfg = _eval_config(runs[0].config, options, episodes_key="episodes_per_task")
     for run in runs:
-        _check_env_id(run.config)
-        _check_sampler(run.config, eval_cfg.num_tasks)
         if run.config.env.id != runs[0].config.env.id:
             raise ConfigError(
                 f"cannot compare runs on {run.config.env.id!r} and {runs[0].config.env.id!r}"
             )
+    keys = ("eval.num_tasks", "eval.episodes_per_task")
+    _check_sampler(runs[0].config, eval_cfg.num_tasks, eval_cfg.episodes_per_task, keys)
+    _check_env(runs[0].config)
     rows = evaluate_rl([(r.config, r.learner["params"]) for r in runs], eval_cfg)
     return EvalResult(
         rows=rows, metric="return", ylabel="average return", title=runs[0].config.env.id
