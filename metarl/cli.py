@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,16 +12,21 @@ from pathlib import Path
 import torch
 
 from metarl.config import DEFAULT_KIND, ConfigError, load_config, read_yaml
-from metarl.errors import StepError
-from metarl.evaluation import plot_curves, plot_learning_curves, read_rows, write_rows
+from metarl.errors import RunDirError, StepError
+from metarl.evaluation import figure_format, plot_curves, plot_learning_curves, write_rows
 from metarl.experiments import KINDS, EvalOptions
+from metarl.loggers import read_progress
 from metarl.trainer import (
     CONFIG,
     PROGRESS,
     CheckpointError,
+    Interrupted,
     Trainer,
     TrainingError,
+    check_output_file,
+    deferred_signals,
     load_checkpoint,
+    stop_signals,
 )
 
 log = logging.getLogger("metarl")
@@ -65,6 +71,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Stopped(Exception):
+    """A command stopped by a signal: one line for stderr and the shell's exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _exit_code(err: KeyboardInterrupt) -> int:
+    return err.exit_code if isinstance(err, Interrupted) else 128 + signal.SIGINT
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.overrides)
     kind = KINDS[config.kind]
@@ -75,8 +93,33 @@ def cmd_train(args: argparse.Namespace) -> None:
         progress=not args.no_progress,
         progress_keys=kind.progress_keys,
     )
-    trainer.run(resume=args.resume)
-    log.info("trained %d iterations; run directory %s", config.iterations, args.out)
+    try:
+        trainer.run(resume=args.resume)
+    except KeyboardInterrupt as err:
+        raise Stopped(_interrupted_training(trainer), _exit_code(err)) from None
+    trained = trainer.iteration - trainer.start_iteration
+    log.info(
+        "trained %d iteration%s (now at %d of %d); run directory %s",
+        trained,
+        "" if trained == 1 else "s",
+        trainer.iteration,
+        config.iterations,
+        args.out,
+    )
+
+
+def _interrupted_training(trainer: Trainer) -> str:
+    """Where an interrupted run stopped and what is kept on disk."""
+    kept = trainer.checkpoint_iteration
+    if kept is None:
+        return "interrupted before training started; nothing was written"
+    where = f"in {trainer.run_dir}"
+    if trainer.iteration >= trainer.config.iterations:
+        return f"interrupted while finishing; the run is complete (iteration {kept}, {where})"
+    return (
+        f"interrupted at iteration {trainer.iteration + 1}; the last checkpoint "
+        f"(iteration {kept}) is kept {where}; continue with --resume"
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -88,20 +131,26 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 f"--compare {str(path)!r} is a {run.config.kind!r} run; "
                 f"{str(args.run_dir)!r} is a {kind_name!r} run"
             )
+    csv_path, png_path = args.run_dir / "adaptation.csv", args.run_dir / "adaptation.png"
+    for path in (csv_path, png_path):  # before the evaluation, not after it
+        check_output_file(path, "output")
     options = EvalOptions(
         num_tasks=args.num_tasks, steps=args.steps, seed=args.seed, episodes=args.episodes
     )
-    result = KINDS[kind_name].evaluate(runs, options)
-    csv_path, png_path = args.run_dir / "adaptation.csv", args.run_dir / "adaptation.png"
-    write_rows(csv_path, result.rows)
-    plot_curves(
-        png_path,
-        result.rows,
-        metric=result.metric,
-        ylabel=result.ylabel,
-        panel_key=result.panel_key,
-        title=result.title,
-    )
+    try:
+        result = KINDS[kind_name].evaluate(runs, options)
+    except KeyboardInterrupt as err:
+        raise Stopped("interrupted; nothing was written", _exit_code(err)) from None
+    with deferred_signals():  # both files or, if the writing fails, an error naming them
+        write_rows(csv_path, result.rows)
+        plot_curves(
+            png_path,
+            result.rows,
+            metric=result.metric,
+            ylabel=result.ylabel,
+            panel_key=result.panel_key,
+            title=result.title,
+        )
     print(_table(result.rows, result.metric))
     log.info("wrote %s and %s", csv_path, png_path)
 
@@ -120,12 +169,18 @@ def _table(rows: Sequence[dict[str, object]], metric: str) -> str:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
+    check_output_file(args.out, "--out")
+    try:
+        figure_format(args.out)
+    except ValueError as err:
+        raise RunDirError(f"--out {err}") from None
     runs = {}
     for d in args.run_dirs:
         path = d / PROGRESS
         if not path.is_file():
             raise CheckpointError(f"{str(d)!r} holds no {PROGRESS}; is it a run directory?")
-        runs[d.name or str(d)] = read_rows(path)
+        header, records = read_progress(path, up_to=sys.maxsize)
+        runs[d.name or str(d)] = [dict(zip(header, r, strict=True)) for r in records]
     columns = [k for rows in runs.values() for k in (rows[0] if rows else {})]
     available = [k for k in dict.fromkeys(columns) if k != "iteration"]
     keys = [k for k in args.keys.split(",") if k] or _default_keys(args.run_dirs[0], available)
@@ -144,16 +199,35 @@ def _default_keys(run_dir: Path, available: list[str]) -> list[str]:
     return preferred or available
 
 
+USER_ERRORS = (ConfigError, CheckpointError, TrainingError, StepError, RunDirError)
+"""Errors whose message is the whole story: one line on stderr, exit code 2."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``metarl`` console script."""
+    """Entry point of the ``metarl`` console script.
+
+    Exit codes: 0 done, 2 an error (one line on stderr), 130/143 stopped by SIGINT/SIGTERM.
+    """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
     args = _parser().parse_args(argv)
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "plot": cmd_plot}
+    prefix = f"metarl {args.command}"
     try:
-        commands[args.command](args)
-    except (ConfigError, CheckpointError, TrainingError, StepError) as err:
-        print(f"metarl {args.command}: error: {err}", file=sys.stderr)
+        with stop_signals():
+            commands[args.command](args)
+    except Stopped as stop:
+        print(f"{prefix}: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt as err:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return _exit_code(err)
+    except USER_ERRORS as err:
+        print(f"{prefix}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file the checks before could not foresee
+        name = f" {err.filename}" if err.filename else ""
+        print(f"{prefix}: error:{name}: {err.strerror or err}", file=sys.stderr)
         return 2
     return 0
 

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from metarl.errors import replacing
+
 
 def mean_ci95(values: np.ndarray) -> tuple[float, float]:
     """Mean and the half-width of its 95% confidence interval (Student t) over axis 0."""
@@ -47,10 +49,10 @@ def curve_rows(
 
 
 def write_rows(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write rows (all with the same keys) as CSV."""
+    """Write rows (all with the same keys) as CSV, atomically."""
     if not rows:
         raise ValueError("write_rows: no rows to write")
-    with Path(path).open("w", newline="") as f:
+    with replacing(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -60,6 +62,33 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
     """Read a CSV written by :func:`write_rows` (values as strings)."""
     with Path(path).open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def figure_format(path: str | Path) -> str:
+    """The image format a figure path names (``.png``, ``.pdf``, ``.svg``, ...), or a
+    ``ValueError`` saying which ones are possible."""
+    from matplotlib.figure import Figure
+
+    suffix = Path(path).suffix.lower().lstrip(".")
+    formats = Figure().canvas.get_supported_filetypes()
+    if suffix not in formats:
+        raise ValueError(
+            f"{str(path)!r}: cannot tell the image format from {Path(path).suffix or 'no suffix'!r}"
+            f"; use one of {', '.join('.' + f for f in sorted(formats))}"
+        )
+    return suffix
+
+
+def save_figure(fig: Any, path: str | Path) -> None:
+    """Save ``fig`` at ``path`` atomically (the format from the suffix), then close it."""
+    import matplotlib.pyplot as plt
+
+    fmt = figure_format(path)
+    try:
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=100, format=fmt)
+    finally:
+        plt.close(fig)
 
 
 def plot_curves(
@@ -103,8 +132,7 @@ def plot_curves(
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_learning_curves(
@@ -127,5 +155,4 @@ def plot_learning_curves(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -10,6 +10,8 @@ from typing import Protocol
 
 from tqdm import tqdm
 
+from metarl.errors import RunDirError, replacing
+
 
 class Logger(Protocol):
     """Receives the statistics of an iteration."""
@@ -20,25 +22,25 @@ class Logger(Protocol):
 
 
 class CSVLogger:
-    """One row per logged iteration; on resume, rows past the checkpoint are dropped first."""
+    """One row per logged iteration.
 
-    def __init__(self, path: str | Path, *, resume_at: int | None = None) -> None:
+    A new run starts the file. A resumed run passes ``keep``, the header and rows up to its
+    checkpoint (from :func:`read_progress`), and the file is rewritten with them atomically.
+    """
+
+    def __init__(
+        self, path: str | Path, *, keep: tuple[list[str], list[list[str]]] | None = None
+    ) -> None:
         self.path = Path(path)
         self.columns: list[str] | None = None
-        if resume_at is not None and self.path.exists():
-            self._truncate(resume_at)
+        if keep is not None and keep[0]:
+            self.columns = keep[0]
+            with replacing(self.path) as tmp, tmp.open("w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(self.columns)
+                writer.writerows(keep[1])
         elif self.path.exists():
             self.path.unlink()
-
-    def _truncate(self, iteration: int) -> None:
-        with self.path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            self.columns = list(reader.fieldnames or [])
-            rows = [r for r in reader if int(r["iteration"]) <= iteration]
-        with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns)
-            writer.writeheader()
-            writer.writerows(rows)
 
     def log(self, iteration: int, stats: Mapping[str, float]) -> None:
         row = {"iteration": iteration, **stats}
@@ -47,7 +49,9 @@ class CSVLogger:
             self.columns = list(row)
         extra = set(row) - set(self.columns)
         if extra:
-            raise ValueError(f"CSVLogger: new columns {sorted(extra)} after the header")
+            raise RunDirError(
+                f"{self.path}: the run logs columns {sorted(extra)} that its header lacks"
+            )
         with self.path.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns)
             if new_file:
@@ -58,13 +62,58 @@ class CSVLogger:
         pass
 
 
+def read_progress(path: str | Path, *, up_to: int) -> tuple[list[str], list[list[str]]]:
+    """The header and the rows with ``iteration <= up_to`` of a run's ``progress.csv``.
+
+    An unterminated last line (a write cut short by a crash, always past the checkpoint) is
+    dropped; any other damage is a :class:`RunDirError` naming the file and the line, and the
+    file is left as it is. A missing file gives no header and no rows.
+    """
+    path = Path(path)
+    if not path.exists():
+        return [], []
+
+    def damaged(what: str) -> RunDirError:
+        return RunDirError(
+            f"{path} is damaged ({what}); it was left as it is: repair it or move it away"
+        )
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError:
+        raise damaged("not UTF-8 text") from None
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    try:
+        records = list(csv.reader(lines))
+    except csv.Error as err:
+        raise damaged(str(err)) from None
+    if not records:
+        return [], []
+    header, kept = records[0], []
+    if not header or header[0] != "iteration":
+        raise damaged(
+            f"line 1: the header {','.join(header)[:60]!r} does not start with 'iteration'"
+        )
+    for number, record in enumerate(records[1:], start=2):
+        if len(record) != len(header) or not record[0].isdigit() or not _numbers(record[1:]):
+            raise damaged(
+                f"line {number}: {','.join(record)[:60]!r} is not a row of {len(header)} numbers"
+            )
+        if int(record[0]) <= up_to:
+            kept.append(record)
+    return header, kept
+
+
 class TensorBoardLogger:
     """Scalars to a TensorBoard event directory."""
 
-    def __init__(self, log_dir: str | Path) -> None:
+    def __init__(self, log_dir: str | Path, *, purge_step: int | None = None) -> None:
+        """``purge_step``: on resume, the first step to write again; TensorBoard hides the
+        events at this and later steps that the interrupted run wrote."""
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def log(self, iteration: int, stats: Mapping[str, float]) -> None:
         for key, value in stats.items():
@@ -91,6 +140,17 @@ class ProgressBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _numbers(values: list[str]) -> bool:
+    """Every value is a number or empty (a statistic missing from that row)."""
+    try:
+        for value in values:
+            if value:
+                float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _short(value: float) -> str:

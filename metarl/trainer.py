@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, Protocol
 
 import torch
 
 from metarl.config import ConfigError, config_diff, config_from_dict, config_to_dict, save_config
-from metarl.errors import StepError
-from metarl.loggers import CSVLogger, Logger, ProgressBar, TensorBoardLogger
+from metarl.errors import RunDirError, StepError, replacing, write_failure
+from metarl.loggers import CSVLogger, Logger, ProgressBar, TensorBoardLogger, read_progress
 from metarl.rngs import Rngs
 
 log = logging.getLogger(__name__)
@@ -22,6 +28,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 PROGRESS = "progress.csv"
+TENSORBOARD = "tb"
 CHECKPOINT_FORMAT = 1
 
 # Keys that may change when a run is resumed (e.g. to train for longer, or with a lower
@@ -38,6 +45,165 @@ class TrainingError(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """A run directory without a usable checkpoint."""
+
+
+# --------------------------------------------------------------------------- stop signals
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived (raised by the handlers :func:`stop_signals` installs)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for a process the signal stopped: 130 (SIGINT), 143 (SIGTERM)."""
+        return 128 + self.signum
+
+
+class _StopSignals:
+    """Which process owns the handlers, and a signal held back by :func:`deferred_signals`."""
+
+    def __init__(self) -> None:
+        self.owner: int | None = None
+        self.depth = 0
+        self.pending: int | None = None
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self.owner:
+            return  # a forked sampler worker: its parent stops it (learner.close())
+        if self.depth:
+            self.pending = signum
+            return
+        raise Interrupted(signum)
+
+
+_SIGNALS = _StopSignals()
+
+
+@contextlib.contextmanager
+def stop_signals(signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Within the block, ``signums`` raise :class:`Interrupted` in this process (held back
+    until a :func:`deferred_signals` block ends) and are ignored by forked worker processes,
+    which their parent closes. A signal the process ignores (SIGINT of a background job)
+    stays ignored; outside the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Any] = {}
+    for signum in signums:
+        current = signal.getsignal(signum)
+        if current not in (signal.SIG_IGN, _SIGNALS.handle):
+            previous[signum] = signal.SIG_DFL if current is None else current
+            signal.signal(signum, _SIGNALS.handle)
+    owner, _SIGNALS.owner = _SIGNALS.owner, os.getpid()
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _SIGNALS.owner = owner
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold a stop signal back until the block ends, so that it never cuts a file in half;
+    it is dropped if the block fails (that error stops the run anyway)."""
+    _SIGNALS.depth += 1
+    try:
+        yield
+    except BaseException:
+        _SIGNALS.depth -= 1
+        if not _SIGNALS.depth:
+            _SIGNALS.pending = None
+        raise
+    _SIGNALS.depth -= 1
+    if not _SIGNALS.depth and _SIGNALS.pending is not None:
+        signum, _SIGNALS.pending = _SIGNALS.pending, None
+        raise Interrupted(signum)
+
+
+# --------------------------------------------------------------------------- directories
+
+
+def check_writable_dir(path: str | Path, what: str) -> None:
+    """A :class:`RunDirError` naming ``what`` unless ``path`` is a directory one can write in
+    (tried by creating and removing a file, which file permissions alone do not tell root)."""
+    path = Path(path)
+    if not path.is_dir():
+        blocker = next((p for p in [path, *path.parents] if p.exists()), None)
+        why = "does not exist"
+        if blocker is not None and not blocker.is_dir():
+            why = "is a file" if blocker == path else f"is under {str(blocker)!r}, a file"
+        raise RunDirError(f"{what} {str(path)!r} {why}")
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".metarl-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise RunDirError(f"{what} {str(path)!r} is not writable: {err.strerror}") from None
+
+
+def check_output_file(path: str | Path, what: str) -> None:
+    """A :class:`RunDirError` unless a file can be written at ``path`` (its directory exists
+    and is writable, and ``path`` is not a directory)."""
+    path = Path(path)
+    if path.is_dir():
+        raise RunDirError(f"{what} {str(path)!r} is a directory")
+    check_writable_dir(path.parent, f"{what} {str(path)!r}: directory")
+
+
+def _make_run_dir(run_dir: Path) -> list[Path]:
+    """Create ``run_dir`` (and missing parents); the directories created, deepest first."""
+    missing = [p for p in [run_dir, *run_dir.parents] if not p.exists()]
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        _remove_dirs(missing)
+        blocker = next((p for p in run_dir.parents if p.exists()), None)
+        why = err.strerror or type(err).__name__
+        if blocker is not None and not blocker.is_dir():
+            why = f"{str(blocker)!r} is a file"
+        raise RunDirError(f"cannot create run directory {str(run_dir)!r}: {why}") from None
+    try:
+        check_writable_dir(run_dir, "run directory")
+    except RunDirError:
+        _remove_dirs(missing)
+        raise
+    return missing
+
+
+def _remove_dirs(dirs: Sequence[Path]) -> None:
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+def _check_new_run_dir(run_dir: Path) -> None:
+    """A new run needs a new or empty directory: nothing a user made is overwritten."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(
+            f"--out {str(run_dir)!r} is a file, not a directory; choose another --out"
+        )
+    if (run_dir / CHECKPOINT).exists():
+        raise CheckpointError(
+            f"{str(run_dir)!r} already holds a run; pass --resume to "
+            "continue it, or choose another --out"
+        )
+    names = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    if names:
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        raise RunDirError(
+            f"{str(run_dir)!r} is not empty (it holds {shown}); a new run needs a new or "
+            "empty directory: choose another --out"
+        )
+
+
+# --------------------------------------------------------------------------- checkpoints
 
 
 class Learner(Protocol):
@@ -65,22 +231,38 @@ class Checkpoint:
     iteration: int
     learner: dict[str, Any]
     rngs: dict[str, Any]
+    window: dict[str, Any] | None = None
+    """The statistics since the last regular log row (sums and count), so that a resumed run
+    writes the rows an unbroken one does; None in checkpoints written before it was kept."""
 
 
 def save_checkpoint(
-    path: Path, *, config: Any, iteration: int, learner: Learner, rngs: Rngs
+    path: Path,
+    *,
+    config: Any,
+    iteration: int,
+    learner: Learner,
+    rngs: Rngs,
+    window: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write the checkpoint atomically: a crash mid-write leaves the previous one intact."""
+    """Write the checkpoint atomically: a crash, an interrupt or a full disk mid-write leaves
+    the previous one intact and no partial file (a full disk is a :class:`RunDirError`)."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "config": config_to_dict(config),
         "iteration": iteration,
         "learner": learner.state_dict(),
         "rngs": rngs.state(),
+        "window": dict(window) if window is not None else None,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        with replacing(path) as tmp:
+            torch.save(payload, tmp)
+    except (OSError, RuntimeError) as err:
+        what = write_failure(err, path.parent)
+        if what is None:
+            raise
+        raise RunDirError(f"{what}: {path.name} of iteration {iteration} not written") from None
 
 
 def load_checkpoint(run_dir: str | Path) -> Checkpoint:
@@ -97,8 +279,7 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         payload = torch.load(path, weights_only=True)
     except Exception as err:  # torch raises many kinds for a damaged file
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt or not a metarl "
-            f"checkpoint: {type(err).__name__}: {err}"
+            f"checkpoint {str(path)!r} is corrupt or not a metarl checkpoint ({_load_failure(err)})"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
@@ -113,7 +294,19 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         iteration=int(payload["iteration"]),
         learner=payload["learner"],
         rngs=payload["rngs"],
+        window=payload.get("window"),
     )
+
+
+def _load_failure(err: Exception) -> str:
+    """torch's reason in a few words, without its advice to load the file unsafely."""
+    text = str(err)
+    if isinstance(err, OSError):
+        return err.strerror or type(err).__name__
+    if "weights_only" in text or "safe_globals" in text:  # its advice is unsafe loading
+        return type(err).__name__
+    first = text.split(". ")[0].splitlines()[0] if text.strip() else ""
+    return f"{type(err).__name__}: {first[:160]}" if first else type(err).__name__
 
 
 def check_finite(iteration: int, stats: Mapping[str, float], last_good: str) -> None:
@@ -126,8 +319,28 @@ def check_finite(iteration: int, stats: Mapping[str, float], last_good: str) -> 
         )
 
 
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass(frozen=True)
+class _Start:
+    """Where a run starts: a new directory, or a checkpoint and the log rows kept with it."""
+
+    checkpoint: Checkpoint | None = None
+    progress: tuple[list[str], list[list[str]]] = ([], [])
+    logged_up_to: int = 0
+    created: list[Path] = field(default_factory=list)
+
+
 class Trainer:
-    """Runs ``config.iterations`` learner steps in ``run_dir`` with logs and checkpoints."""
+    """Runs ``config.iterations`` learner steps in ``run_dir`` with logs and checkpoints.
+
+    Everything is checked before anything is written: a new run needs a new or empty
+    directory, a resumed one a readable checkpoint and log and a config that trains on. A
+    stop signal (:class:`Interrupted`) never cuts a log row or a checkpoint in half; the
+    learner is closed on every way out. ``start_iteration``, ``iteration`` (the last one
+    done) and ``checkpoint_iteration`` (the one on disk) say where a run stopped.
+    """
 
     def __init__(
         self,
@@ -145,20 +358,37 @@ class Trainer:
         self.extra_loggers = list(loggers)
         self.progress = progress
         self.progress_keys = progress_keys
+        self.start_iteration = 0
+        self.iteration = 0
+        self.checkpoint_iteration: int | None = None
 
-    def _start(self, resume: bool) -> tuple[Learner, Rngs, int]:
-        ckpt_path = self.run_dir / CHECKPOINT
-        if not resume and ckpt_path.exists():
-            raise CheckpointError(
-                f"{str(self.run_dir)!r} already holds a run; pass --resume to "
-                "continue it, or choose another --out"
-            )
-        rngs = Rngs.from_seed(self.config.seed)
-        learner = self.make_learner(self.config, rngs)
-        if not resume:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.config, self.run_dir / CONFIG)
-            return learner, rngs, 0
+    def run(self, *, resume: bool = False) -> Learner:
+        """Train to ``config.iterations``; returns the learner."""
+        with stop_signals((signal.SIGINT,)):
+            start = self._prepare_resume() if resume else self._prepare_new()
+            rngs = Rngs.from_seed(self.config.seed)
+            try:
+                learner = self.make_learner(self.config, rngs)
+            except BaseException:
+                _remove_dirs(start.created)
+                raise
+            loggers: list[Logger] = []
+            try:
+                with deferred_signals():
+                    window = self._begin(start, learner, rngs, loggers)
+                self._loop(learner, rngs, loggers, window)
+            finally:
+                with deferred_signals():
+                    for logger in loggers:
+                        logger.close()
+                    learner.close()
+        return learner
+
+    def _prepare_new(self) -> _Start:
+        _check_new_run_dir(self.run_dir)
+        return _Start(created=_make_run_dir(self.run_dir))
+
+    def _prepare_resume(self) -> _Start:
         ckpt = load_checkpoint(self.run_dir)
         changed = [k for k in config_diff(ckpt.config, self.config) if k not in RESUMABLE_CHANGES]
         if changed:
@@ -167,59 +397,129 @@ class Trainer:
                 f"{', '.join(changed)} differ (only {sorted(RESUMABLE_CHANGES)} "
                 "may change on resume)"
             )
-        learner.load_state_dict(ckpt.learner)
-        rngs.restore(ckpt.rngs)
-        save_config(self.config, self.run_dir / CONFIG)
-        log.info("resuming %s at iteration %d", self.run_dir, ckpt.iteration)
-        return learner, rngs, ckpt.iteration
+        done, wanted = ckpt.iteration, self.config.iterations
+        if wanted <= done:
+            raise ConfigError(
+                f"config key 'iterations': run {str(self.run_dir)!r} is at iteration {done}; "
+                f"iterations={wanted} would train nothing; set iterations > {done}"
+            )
+        check_writable_dir(self.run_dir, "run directory")
+        # A row at the checkpoint off the log_every grid was the end-of-run row: the window
+        # saved with the checkpoint holds its iterations, so it is written again later.
+        logged = done
+        if ckpt.window is not None and done % ckpt.config.log_every:
+            logged = done - 1
+        progress = read_progress(self.run_dir / PROGRESS, up_to=logged)
+        self.start_iteration = self.iteration = self.checkpoint_iteration = done
+        return _Start(checkpoint=ckpt, progress=progress, logged_up_to=logged)
 
-    def run(self, *, resume: bool = False) -> Learner:
-        """Train to ``config.iterations``; returns the learner."""
-        learner, rngs, start = self._start(resume)
+    def _begin(self, start: _Start, learner: Learner, rngs: Rngs, loggers: list[Logger]) -> _Window:
+        """The first writes: config, loggers and, for a new run, the checkpoint of iteration
+        0 (so that an interrupted run can always resume). A new run that cannot begin
+        leaves its directory as it found it."""
+        ckpt = start.checkpoint
+        try:
+            if ckpt is not None:
+                learner.load_state_dict(ckpt.learner)
+                rngs.restore(ckpt.rngs)
+            save_config(self.config, self.run_dir / CONFIG)
+            if ckpt is None:
+                self._save(learner, rngs, 0, _Window())
+            loggers += [
+                CSVLogger(self.run_dir / PROGRESS, keep=start.progress if ckpt else None),
+                TensorBoardLogger(
+                    self.run_dir / TENSORBOARD,
+                    purge_step=start.logged_up_to + 1 if ckpt else None,
+                ),
+                *self.extra_loggers,
+            ]
+        except BaseException as err:
+            if ckpt is None:
+                for logger in loggers:
+                    logger.close()
+                loggers.clear()
+                self._clear_new_run(start.created)
+            what = write_failure(err, self.run_dir)
+            if what is not None and not isinstance(err, RunDirError):
+                raise RunDirError(f"{what}; the run could not start") from None
+            raise
+        if ckpt is not None:
+            log.info("resuming %s at iteration %d", self.run_dir, ckpt.iteration)
+        return _Window.from_state(ckpt.window if ckpt else None)
+
+    def _clear_new_run(self, created: list[Path]) -> None:
+        """Remove what a new run wrote into its (new or empty) directory."""
+        for name in (CONFIG, PROGRESS, CHECKPOINT):
+            with contextlib.suppress(OSError):
+                (self.run_dir / name).unlink()
+        shutil.rmtree(self.run_dir / TENSORBOARD, ignore_errors=True)
+        self.checkpoint_iteration = None
+        _remove_dirs(created)
+
+    def _loop(self, learner: Learner, rngs: Rngs, loggers: list[Logger], window: _Window) -> None:
         cfg = self.config
-        loggers: list[Logger] = [
-            CSVLogger(self.run_dir / PROGRESS, resume_at=start if resume else None),
-            TensorBoardLogger(self.run_dir / "tb"),
-            *self.extra_loggers,
-        ]
         bar = None
         if self.progress:
-            bar = ProgressBar(total=cfg.iterations, initial=start, keys=self.progress_keys)
+            bar = ProgressBar(total=cfg.iterations, initial=self.iteration, keys=self.progress_keys)
             loggers.append(bar)
-        window = _Window()
-        last_good = f"{self.run_dir / CHECKPOINT} (iteration {start})"
-        try:
-            for it in range(start, cfg.iterations):
-                try:
-                    stats = learner.step(rngs)
-                except (FloatingPointError, StepError) as err:  # a NaN observation, dead workers
-                    raise TrainingError(
-                        f"iteration {it + 1}: {err}; training stopped. The last "
-                        f"good checkpoint is kept: {last_good}"
-                    ) from err
-                check_finite(it + 1, stats, last_good)
+        for done in range(self.iteration + 1, cfg.iterations + 1):
+            stats = self._step(learner, rngs, done)
+            with deferred_signals():
+                check_finite(done, stats, self.last_good())
                 window.add(stats)
-                done = it + 1
                 if done % cfg.log_every == 0 or done == cfg.iterations:
-                    for logger in loggers:
-                        logger.log(done, window.mean())
-                    window = _Window()
+                    self._log(loggers, done, window.mean())
+                    if done % cfg.log_every == 0:
+                        window = _Window()  # an end-of-run row keeps it for a resume
                 if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-                    save_checkpoint(
-                        self.run_dir / CHECKPOINT,
-                        config=cfg,
-                        iteration=done,
-                        learner=learner,
-                        rngs=rngs,
-                    )
-                    last_good = f"{self.run_dir / CHECKPOINT} (iteration {done})"
+                    self._save(learner, rngs, done, window)
+                self.iteration = done
                 if bar is not None:
                     bar.update()
-        finally:
+
+    def _step(self, learner: Learner, rngs: Rngs, iteration: int) -> dict[str, float]:
+        try:
+            return learner.step(rngs)
+        except (FloatingPointError, StepError) as err:  # a NaN observation, dead workers
+            raise TrainingError(
+                f"iteration {iteration}: {err}; training stopped. The last "
+                f"good checkpoint is kept: {self.last_good()}"
+            ) from err
+
+    def _log(self, loggers: list[Logger], iteration: int, stats: Mapping[str, float]) -> None:
+        try:
             for logger in loggers:
-                logger.close()
-            learner.close()
-        return learner
+                logger.log(iteration, stats)
+        except OSError as err:
+            raise RunDirError(
+                f"iteration {iteration}: {write_failure(err, self.run_dir)}; training "
+                f"stopped. The last good checkpoint is kept: {self.last_good()}"
+            ) from None
+
+    def _save(self, learner: Learner, rngs: Rngs, iteration: int, window: _Window) -> None:
+        try:
+            save_checkpoint(
+                self.run_dir / CHECKPOINT,
+                config=self.config,
+                iteration=iteration,
+                learner=learner,
+                rngs=rngs,
+                window=window.state(),
+            )
+        except RunDirError as err:
+            if iteration == 0:
+                raise
+            raise RunDirError(
+                f"iteration {iteration}: {err}; training stopped. The last good checkpoint "
+                f"is kept: {self.last_good()}"
+            ) from None
+        self.checkpoint_iteration = iteration
+
+    def last_good(self) -> str:
+        """The checkpoint on disk, e.g. ``runs/a/checkpoint.pt (iteration 5)``."""
+        if self.checkpoint_iteration is None:
+            return "none was written"
+        return f"{self.run_dir / CHECKPOINT} (iteration {self.checkpoint_iteration})"
 
 
 class _Window:
@@ -228,6 +528,17 @@ class _Window:
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.count = 0
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any] | None) -> _Window:
+        window = cls()
+        if state:
+            window.sums = {str(k): float(v) for k, v in state["sums"].items()}
+            window.count = int(state["count"])
+        return window
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "count": self.count}
 
     def add(self, stats: Mapping[str, float]) -> None:
         for k, v in stats.items():
