@@ -112,15 +112,27 @@ def normalize_advantages(
 
 
 def compute_advantages(
-    episodes: EpisodeBatch, *, gamma: float = 0.99, gae_lambda: float = 1.0, normalize: bool = True
+    episodes: EpisodeBatch,
+    *,
+    gamma: float = 0.99,
+    gae_lambda: float = 1.0,
+    normalize: bool = True,
+    bootstrap_truncated: bool = True,
 ) -> Tensor:
     """``[T, N]`` GAE advantages with the per-task linear feature baseline (no gradient),
-    optionally normalised per task (the paper's code does, and uses ``gae_lambda = 1``)."""
+    optionally normalised per task (the paper's code does, and uses ``gae_lambda = 1``).
+
+    ``bootstrap_truncated``: an episode cut by the time limit continues with the baseline's
+    value of its last observation; otherwise every episode ends with value 0 (the paper's
+    code, which appends 0 to every path's baseline)."""
     with torch.no_grad():
         base = fit_linear_baseline(episodes, gamma)
+        ends = episodes.terminated
+        if not bootstrap_truncated:
+            ends = torch.ones_like(ends)
         adv = gae(
             episodes.rewards, base.values, episodes.mask, gamma=gamma, lam=gae_lambda,
-            last_values=base.last_values, terminated=episodes.terminated,
+            last_values=base.last_values, terminated=ends,
         )  # fmt: skip
         return normalize_advantages(adv, episodes.mask, episodes.num_tasks) if normalize else adv
 

@@ -58,6 +58,7 @@ class RolloutWorker:
         horizon: int,
         oracle: bool,
         policy_spec: PolicySpec,
+        normalize_actions: bool = False,
         task_offset: int = 0,
         meta_batch_tasks: int | None = None,
     ) -> None:
@@ -68,6 +69,7 @@ class RolloutWorker:
             episodes_per_task=episodes_per_task,
             horizon=horizon,
             oracle=oracle,
+            normalize_actions=normalize_actions,
             task_offset=task_offset,
             meta_batch_tasks=meta_batch_tasks,
         )
@@ -125,6 +127,7 @@ class RaySampler(EpisodeSampler):
         horizon: int,
         num_workers: int = 2,
         oracle: bool = False,
+        normalize_actions: bool = False,
         address: str | None = None,
         timeout_s: float = 300.0,
         max_retries: int = 3,
@@ -141,6 +144,7 @@ class RaySampler(EpisodeSampler):
         if timeout_s <= 0 or max_retries < 0:
             raise ValueError("ray sampler: timeout_s must be > 0 and max_retries >= 0")
         self.oracle = oracle
+        self.normalize_actions = normalize_actions
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.cpus_per_worker = cpus_per_worker
@@ -169,6 +173,7 @@ class RaySampler(EpisodeSampler):
             episodes_per_task=self.episodes_per_task,
             horizon=self.horizon,
             oracle=self.oracle,
+            normalize_actions=self.normalize_actions,
             policy_spec=self._spec,
             task_offset=a,
             meta_batch_tasks=self.num_tasks,

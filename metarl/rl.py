@@ -105,6 +105,17 @@ def trpo_settings(config: RLConfig) -> TRPOSettings:
     )
 
 
+def advantages_of(config: RLConfig, episodes: EpisodeBatch) -> torch.Tensor:
+    """The advantages of ``episodes`` as ``config`` defines them."""
+    return compute_advantages(
+        episodes,
+        gamma=config.gamma,
+        gae_lambda=config.gae_lambda,
+        normalize=config.normalize_advantages,
+        bootstrap_truncated=config.bootstrap_truncated,
+    )
+
+
 class PolicyLearner:
     """What every RL learner holds: the task env, the policy and its weights, the sampler.
 
@@ -114,7 +125,9 @@ class PolicyLearner:
     def __init__(self, config: RLConfig, rngs: Rngs) -> None:
         self.config = config
         oracle = config.method == "oracle"
-        self._env = make_env(config.env.id, oracle=oracle)
+        self._env = make_env(
+            config.env.id, oracle=oracle, normalize_actions=config.env.normalize_actions
+        )
         self.tasks = task_env(self._env, config.env.id)
         self.policy = make_policy(config, self._env)
         self.params: Params = self.policy.init_params(rngs.torch)
@@ -125,14 +138,12 @@ class PolicyLearner:
             episodes_per_task=config.episodes_per_task,
             horizon=config.env.horizon,
             oracle=oracle,
+            normalize_actions=config.env.normalize_actions,
         )
         self.trpo = trpo_settings(config)
 
     def advantages(self, episodes: EpisodeBatch) -> torch.Tensor:
-        c = self.config
-        return compute_advantages(
-            episodes, gamma=c.gamma, gae_lambda=c.gae_lambda, normalize=c.normalize_advantages
-        )
+        return advantages_of(self.config, episodes)
 
     def sample_with_theta(self, rngs: Rngs) -> tuple[list[Any], EpisodeBatch]:
         """Fresh tasks and episodes of them acting with the current weights."""
@@ -310,7 +321,12 @@ def adaptation_returns(
 
     Every step samples fresh episodes with the current (per-task) weights, then adapts on them.
     """
-    policy = make_policy(config, make_env(config.env.id, oracle=config.method == "oracle"))
+    env = make_env(
+        config.env.id,
+        oracle=config.method == "oracle",
+        normalize_actions=config.env.normalize_actions,
+    )
+    policy = make_policy(config, env)
     current = {k: v.unsqueeze(0).expand(len(tasks), *v.shape).clone() for k, v in params.items()}
     generator = torch.Generator().manual_seed(seed)
     seeds = np.random.SeedSequence([EVAL_STREAM, seed]).generate_state(eval_cfg.max_steps + 1)
@@ -321,12 +337,7 @@ def adaptation_returns(
         )
         returns.append(batch.returns.reshape(len(tasks), -1).mean(1).double().numpy())
         if lr is not None:
-            adv = compute_advantages(
-                batch,
-                gamma=config.gamma,
-                gae_lambda=config.gae_lambda,
-                normalize=config.normalize_advantages,
-            )
+            adv = advantages_of(config, batch)
             current = _adapt_each(policy, current, batch, adv, lr)
     return np.stack(returns)
 
@@ -335,27 +346,32 @@ def evaluate_rl(
     runs: Sequence[tuple[RLConfig, Params]], eval_cfg: RLEvalConfig
 ) -> list[dict[str, Any]]:
     """Adaptation-curve rows (``mean_return``, ``ci95_return``) of every run on the same
-    held-out tasks, drawn from the first run's env with ``eval_cfg.seed``. An ``oracle`` run
-    is scored without adaptation (step 0 only: the paper's horizontal line)."""
+    held-out tasks, drawn from the first run's env with ``eval_cfg.seed``, with the same
+    episodes per step and number of steps; each run is fine-tuned with its own config's
+    ``eval.lr`` (the paper's test scripts used a rate per method). An ``oracle`` run is scored
+    without adaptation (step 0 only: the paper's horizontal line)."""
     base = runs[0][0]
     env = make_env(base.env.id)
     tasks = task_env(env, base.env.id).sample_tasks(eval_cfg.num_tasks, eval_rng(eval_cfg.seed))
     rows: list[dict[str, Any]] = []
-    samplers: dict[bool, EpisodeSampler] = {}
+    samplers: dict[tuple[bool, bool], EpisodeSampler] = {}
     try:
         for config, params in runs:
             if config.env.id != base.env.id:
                 raise ValueError(f"cannot compare runs on {config.env.id!r} and {base.env.id!r}")
             oracle = config.method == "oracle"
-            if oracle not in samplers:
-                samplers[oracle] = make_sampler(
+            key = (oracle, config.env.normalize_actions)
+            if key not in samplers:
+                samplers[key] = make_sampler(
                     base.sampler, env_id=base.env.id, num_tasks=eval_cfg.num_tasks,
                     episodes_per_task=eval_cfg.episodes_per_task, horizon=base.env.horizon,
-                    oracle=oracle,
+                    oracle=oracle, normalize_actions=config.env.normalize_actions,
                 )  # fmt: skip
-            run_cfg = dataclasses.replace(eval_cfg, max_steps=0) if oracle else eval_cfg
+            run_cfg = dataclasses.replace(
+                eval_cfg, lr=config.eval.lr, max_steps=0 if oracle else eval_cfg.max_steps
+            )
             curve = adaptation_returns(
-                config, params, tasks, samplers[oracle], run_cfg, seed=eval_cfg.seed
+                config, params, tasks, samplers[key], run_cfg, seed=eval_cfg.seed
             )
             rows += curve_rows(curve, metric="return", method=config.method)
     finally:

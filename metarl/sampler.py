@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from envs.normalize import normalize_actions as normalized
+from envs.normalize import normalize_vector_actions
 from envs.oracle import OracleEnv
 from metarl.config import SamplerConfig
 from metarl.episodes import EpisodeBatch
@@ -54,10 +56,15 @@ def resolve_env_id(env_id: str) -> str:
     return name
 
 
-def make_env(env_id: str, *, oracle: bool = False) -> gym.Env[Any, Any]:
-    """``gymnasium.make`` of a task env id (see :func:`resolve_env_id`); ``oracle`` wraps it in
+def make_env(
+    env_id: str, *, oracle: bool = False, normalize_actions: bool = False
+) -> gym.Env[Any, Any]:
+    """``gymnasium.make`` of a task env id (see :func:`resolve_env_id`); ``normalize_actions``
+    makes it act in [-1, 1] (:func:`envs.normalize.normalize_actions`); ``oracle`` wraps it in
     :class:`envs.oracle.OracleEnv` (the task is appended to the observation)."""
     env = gym.make(resolve_env_id(env_id))
+    if normalize_actions:
+        env = normalized(env)
     return OracleEnv(env) if oracle else env
 
 
@@ -68,13 +75,16 @@ def make_vector_env(
     backend: Backend = "local",
     num_workers: int = 2,
     oracle: bool = False,
+    normalize_actions: bool = False,
     worker_timeout_s: float = 300.0,
 ) -> gym.vector.VectorEnv[Any, Any, Any]:
     """A vector env of ``num_envs`` sub-envs: the env's own batched implementation when it
     registers a ``vector_entry_point`` (and ``oracle`` is off), else a
     :class:`SerialVectorEnv` of single envs; in this process (``local``) or split into
     contiguous shards stepped by ``num_workers`` processes (``processes``,
-    :class:`ShardedVectorEnv`, whose calls wait at most ``worker_timeout_s`` for a worker)."""
+    :class:`ShardedVectorEnv`, whose calls wait at most ``worker_timeout_s`` for a worker).
+    ``normalize_actions``: the whole vector env acts in [-1, 1] per sub-env
+    (:func:`envs.normalize.normalize_vector_actions`, the single envs' map)."""
     env_id = resolve_env_id(env_id)
     make_shard: ShardFn
     if gym.spec(env_id).vector_entry_point is not None and not oracle:
@@ -83,11 +93,14 @@ def make_vector_env(
         make_shard = serial_shards(
             [functools.partial(make_env, env_id, oracle=oracle) for _ in range(num_envs)]
         )
+    envs: gym.vector.VectorEnv[Any, Any, Any]
     if backend == "processes":
-        return ShardedVectorEnv(
+        envs = ShardedVectorEnv(
             make_shard, num_envs, num_workers=num_workers, timeout_s=worker_timeout_s
         )
-    return make_shard(0, num_envs)
+    else:
+        envs = make_shard(0, num_envs)
+    return normalize_vector_actions(envs) if normalize_actions else envs
 
 
 def _native_shard(env_id: str, start: int, stop: int) -> gym.vector.VectorEnv[Any, Any, Any]:
@@ -162,6 +175,7 @@ def make_sampler(
     episodes_per_task: int,
     horizon: int,
     oracle: bool = False,
+    normalize_actions: bool = False,
 ) -> EpisodeSampler:
     """The sampler of ``config.backend``; the caller does not need to know which runs."""
     if config.backend == "ray":
@@ -174,6 +188,7 @@ def make_sampler(
             horizon=horizon,
             num_workers=config.num_workers,
             oracle=oracle,
+            normalize_actions=normalize_actions,
             address=config.ray_address,
             timeout_s=config.ray_timeout_s,
             max_retries=config.ray_max_retries,
@@ -186,6 +201,7 @@ def make_sampler(
         backend=config.backend,
         num_workers=config.num_workers,
         oracle=oracle,
+        normalize_actions=normalize_actions,
     )
 
 
@@ -273,6 +289,7 @@ class Sampler(EpisodeSampler):
         backend: Backend = "local",
         num_workers: int = 2,
         oracle: bool = False,
+        normalize_actions: bool = False,
         task_offset: int = 0,
         meta_batch_tasks: int | None = None,
         worker_timeout_s: float = 300.0,
@@ -298,6 +315,7 @@ class Sampler(EpisodeSampler):
             backend=backend,
             num_workers=num_workers,
             oracle=oracle,
+            normalize_actions=normalize_actions,
             worker_timeout_s=worker_timeout_s,
         )
         space = self.envs.single_action_space

@@ -1,0 +1,196 @@
+"""The paper's protocol: action normalization in the sampler, the paper configs' values,
+advantages without a bootstrap at the time limit, and a test-time lr per compared run."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from envs import NavigationTask
+from metarl.baselines import fit_linear_baseline
+from metarl.cli import main
+from metarl.config import RLConfig, load_config
+from metarl.episodes import EpisodeBatch, discounted_returns
+from metarl.maml_rl import compute_advantages
+from metarl.policies import GaussianMLPPolicy
+from metarl.sampler import Sampler
+
+CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+
+
+def _navigation_batch(backend: str, normalize: bool, oracle: bool = False) -> EpisodeBatch:
+    policy = GaussianMLPPolicy(obs_dim=4 if oracle else 2, act_dim=2, hidden_sizes=(8,))
+    params = policy.init_params(torch.Generator().manual_seed(0))
+    sampler = Sampler(
+        env_id="metarl/Navigation2D-v0",
+        num_tasks=2,
+        episodes_per_task=3,
+        horizon=12,
+        backend=backend,  # type: ignore[arg-type]
+        num_workers=2,
+        oracle=oracle,
+        normalize_actions=normalize,
+    )
+    tasks = [NavigationTask((0.4, -0.3)), NavigationTask((-0.2, 0.45))]
+    with sampler:
+        return sampler.sample(
+            policy, params, tasks, generator=torch.Generator().manual_seed(1), seed=5
+        )
+
+
+@pytest.mark.parametrize(
+    ("backend", "oracle"), [("local", False), ("processes", False), ("local", True)]
+)
+def test_sampler_moves_navigation_by_a_tenth_of_the_clipped_policy_action(
+    backend: str, oracle: bool
+) -> None:
+    batch = _navigation_batch(backend, normalize=True, oracle=oracle)
+    obs = batch.observations[..., :2].double()
+    actions = batch.actions.double()
+    moved = obs[1:] - obs[:-1]  # the move of step t is seen in the observation of step t + 1
+    expected = 0.1 * actions[:-1].clamp(-1.0, 1.0)
+    real = (batch.mask[1:] > 0).unsqueeze(-1).expand_as(moved)
+    assert (actions.abs() > 1.0).any()  # unit-std noise: clipping happens
+    torch.testing.assert_close(moved[real], expected[real], rtol=0, atol=1e-6)
+    # without normalization the policy acts in the env's own units (clipped to +-0.1)
+    raw = _navigation_batch(backend, normalize=False, oracle=oracle)
+    raw_moved = raw.observations[1:, :, :2].double() - raw.observations[:-1, :, :2].double()
+    raw_expected = raw.actions[:-1].double().clamp(-0.1, 0.1)
+    real = (raw.mask[1:] > 0).unsqueeze(-1).expand_as(raw_moved)
+    torch.testing.assert_close(raw_moved[real], raw_expected[real], rtol=0, atol=1e-6)
+
+
+def test_normalized_processes_backend_equals_local_bitwise() -> None:
+    local = _navigation_batch("local", normalize=True)
+    procs = _navigation_batch("processes", normalize=True)
+    for name in ("observations", "actions", "rewards", "mask", "log_probs"):
+        assert torch.equal(getattr(local, name), getattr(procs, name)), name
+
+
+# --------------------------------------------------------------------------- paper configs
+# (file, iterations, tasks, episodes, horizon, inner lr, eval episodes, eval lr)
+PAPER = {
+    "halfcheetah_vel.yaml": (475, 40, 10, 200, 0.1, 20, (0.1, 0.05)),
+    "halfcheetah_dir.yaml": (475, 40, 10, 200, 0.1, 20, (0.1, 0.05)),
+    "ant_vel.yaml": (375, 40, 20, 200, 0.1, 20, (0.1, 0.05)),
+    "ant_dir.yaml": (375, 40, 20, 200, 0.1, 20, (0.1, 0.05)),
+    "ant_goal.yaml": (375, 40, 20, 200, 0.1, 20, (0.1, 0.05)),
+}
+BASELINE_EVAL_LR = {
+    "halfcheetah_vel": {"pretrained": (0.02, 0.01), "random": (0.1, 0.05)},
+    "halfcheetah_dir": {"pretrained": (0.02, 0.01), "random": (0.1, 0.05)},
+    "ant_vel": {"pretrained": (0.2, 0.1), "random": (1.0, 0.5)},
+    "ant_dir": {"pretrained": (0.2, 0.1), "random": (1.0, 0.5)},
+    "ant_goal": {"pretrained": (0.2, 0.1), "random": (1.0, 0.5)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_configs_hold_the_papers_values(name: str) -> None:
+    iters, tasks, episodes, horizon, lr, eval_eps, eval_lr = PAPER[name]
+    c: RLConfig = load_config(CONFIGS / name)
+    assert (c.method, c.iterations, c.meta_batch_size, c.episodes_per_task) == (
+        "maml",
+        iters,
+        tasks,
+        episodes,
+    )
+    assert (c.env.horizon, c.inner.lr, c.inner.steps, c.inner.first_order) == (
+        horizon,
+        lr,
+        1,
+        False,
+    )
+    assert (c.gamma, c.gae_lambda, c.normalize_advantages) == (0.99, 1.0, True)
+    assert c.env.normalize_actions and not c.bootstrap_truncated
+    assert c.policy.hidden_sizes == (100, 100) and c.policy.activation == "relu"
+    t = c.trpo
+    assert (t.max_kl, t.damping, t.cg_iters, t.hvp, t.hvp_subsample) == (
+        0.01,
+        1e-5,
+        10,
+        "finite_difference",
+        1.0,
+    )
+    assert (t.backtrack_ratio, t.max_backtracks, t.fd_base_eps) == (0.8, 15, 1.0)
+    e = c.eval
+    assert (e.num_tasks, e.episodes_per_task, e.max_steps, e.lr) == (40, eval_eps, 3, eval_lr)
+
+
+@pytest.mark.parametrize("task", sorted(BASELINE_EVAL_LR))
+def test_paper_baseline_configs_differ_from_maml_only_where_the_paper_did(task: str) -> None:
+    maml = load_config(CONFIGS / f"{task}.yaml")
+    for method in ("pretrained", "random", "oracle"):
+        c = load_config(CONFIGS / f"{task}_{method}.yaml")
+        assert c.method == method
+        assert (c.meta_batch_size, c.episodes_per_task, c.env) == (
+            maml.meta_batch_size,
+            maml.episodes_per_task,
+            maml.env,
+        )
+        if method in BASELINE_EVAL_LR[task]:
+            assert c.eval.lr == BASELINE_EVAL_LR[task][method]
+        assert c.eval.episodes_per_task == maml.eval.episodes_per_task
+    assert load_config(CONFIGS / f"{task}_random.yaml").iterations == 1
+
+
+# --------------------------------------------------------------------------- advantages
+
+
+def test_without_bootstrap_advantages_are_monte_carlo_returns_minus_the_baseline() -> None:
+    batch = _navigation_batch("local", normalize=True)
+    assert bool(batch.truncated.all())  # 12 steps: every episode is cut by the horizon
+    base = fit_linear_baseline(batch, 0.9)
+    returns = discounted_returns(batch.rewards.double(), batch.mask.double(), 0.9)
+    expected = (returns - base.values.double()) * batch.mask.double()
+    adv = compute_advantages(batch, gamma=0.9, normalize=False, bootstrap_truncated=False)
+    torch.testing.assert_close(adv.double(), expected, rtol=1e-5, atol=1e-5)
+    # the bootstrap adds gamma^(L - t) V(s_L) on every step of a truncated episode
+    boot = compute_advantages(batch, gamma=0.9, normalize=False, bootstrap_truncated=True)
+    steps = torch.arange(batch.horizon, dtype=torch.float64).unsqueeze(1)
+    lengths = batch.lengths.double().unsqueeze(0)
+    extra = 0.9 ** (lengths - steps) * base.last_values.double().unsqueeze(0)
+    torch.testing.assert_close(
+        (boot - adv).double(), extra * batch.mask.double(), rtol=1e-5, atol=1e-5
+    )
+
+
+# --------------------------------------------------------------------------- test-time lr
+
+TINY = [
+    "--set", "meta_batch_size=2", "--set", "episodes_per_task=2",
+    "--set", "policy.hidden_sizes=[8]", "--set", "env.horizon=10",
+    "--set", "iterations=1", "--set", "eval.num_tasks=3",
+    "--set", "eval.episodes_per_task=2", "--set", "eval.max_steps=2", "--no-progress",
+]  # fmt: skip
+
+
+def _curve(path: Path) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            out.setdefault(row["method"], []).append(float(row["mean_return"]))
+    return out
+
+
+def test_each_compared_run_is_fine_tuned_with_its_own_eval_lr(tmp_path: Path) -> None:
+    runs = {}
+    for name, lr in (("a", "[0.5, 0.25]"), ("b", "[0.02, 0.01]"), ("c", "[0.02, 0.01]")):
+        runs[name] = tmp_path / name
+        args = ["train", "--out", str(runs[name]), *TINY, "--set", "method=random"]
+        assert main([*args, "--set", f"eval.lr={lr}"]) == 0
+    assert main(["evaluate", str(runs["b"])]) == 0
+    alone = _curve(runs["b"] / "adaptation.csv")["random"]
+    assert main(["evaluate", str(runs["a"]), "--compare", str(runs["c"])]) == 0
+    both = list(csv.DictReader((runs["a"] / "adaptation.csv").open()))
+    first = [float(r["mean_return"]) for r in both[:3]]
+    second = [float(r["mean_return"]) for r in both[3:]]
+    # same initial weights (seed 0) and tasks: equal before adapting, apart after
+    assert first[0] == second[0] == alone[0]
+    assert first[1:] != second[1:]
+    # the compared run c is fine-tuned exactly as b alone (same lr, same weights)
+    assert np.allclose(second, alone, rtol=0, atol=0)
