@@ -285,6 +285,11 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         raise CheckpointError(
             f"{str(path)!r} is not a metarl checkpoint (format {CHECKPOINT_FORMAT})"
         )
+    missing = [k for k in ("config", "iteration", "learner", "rngs") if k not in payload]
+    if missing or not isinstance(payload["config"], dict):
+        raise CheckpointError(
+            f"{str(path)!r} is not a metarl checkpoint (no {', '.join(missing) or 'config'})"
+        )
     try:
         config = config_from_dict(payload["config"])
     except ConfigError as err:

@@ -27,7 +27,6 @@ import torch
 
 import metarl.experiments
 from metarl.cli import main
-from metarl.config import load_config
 from metarl.rngs import Rngs
 from metarl.supervised.sinusoid import SinusoidLearner
 from metarl.trainer import CHECKPOINT, load_checkpoint
@@ -641,5 +640,10 @@ def test_a_garbage_checkpoint_never_suggests_unsafe_loading(
         assert "weights_only" not in line and "trusted" not in line
 
 
-def test_sinusoid_config_loads() -> None:  # the tiny config above is a valid one
-    assert load_config(None, ["kind=sinusoid", "model.hidden_sizes=[8]"]).kind == "sinusoid"
+def test_a_checkpoint_without_its_fields_is_not_a_metarl_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.save({"format": 1, "iteration": 3}, tmp_path / CHECKPOINT)
+    assert main(["evaluate", str(tmp_path)]) == 2
+    line = _one_line(capsys, "metarl evaluate: error: ")
+    assert "is not a metarl checkpoint (no config, learner, rngs)" in line
