@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -199,6 +200,16 @@ def _default_keys(run_dir: Path, available: list[str]) -> list[str]:
     return preferred or available
 
 
+def search_working_directory() -> None:
+    """Let a config name a module of the working directory (``env.id: "mymodule:Name-v0"``),
+    as ``python -m`` would: the directory is searched after the installed packages, so a file
+    there never shadows one of them. (A file-defined env needs no path: ``"file.py:Name-v0"``.)
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+
+
 USER_ERRORS = (ConfigError, CheckpointError, TrainingError, StepError, RunDirError)
 """Errors whose message is the whole story: one line on stderr, exit code 2."""
 
@@ -210,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
+    search_working_directory()
     args = _parser().parse_args(argv)
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "plot": cmd_plot}
     prefix = f"metarl {args.command}"

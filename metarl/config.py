@@ -154,7 +154,11 @@ class EnvConfig:
     """The task environment."""
 
     id: str = "metarl/Navigation2D-v0"
-    """Gymnasium id of a task env (``metarl/...`` or a user's own, ``module:Id``)."""
+    """Gymnasium id of a task env: a registered one (``metarl/...``), or a user's own named
+    with what registers it: ``path/to/file.py:mine/Id-v0`` (the file, relative to the working
+    directory or absolute, is imported first; worker processes and Ray actors import it again
+    by that path) or ``module:mine/Id-v0`` (the module is imported from the Python path, which
+    the ``metarl`` command extends by the working directory)."""
     horizon: int = bounded(100, ge=1)
     """Maximum steps per episode (episodes also end at the env's own time limit)."""
     normalize_actions: bool = True

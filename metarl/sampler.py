@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib
+import importlib.util
+import os
+import re
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Self
 
 import gymnasium as gym
@@ -37,23 +43,71 @@ Backend = Literal["local", "processes"]
 
 
 def resolve_env_id(env_id: str) -> str:
-    """The registered id of ``env_id``, importing ``module`` first for ``"module:Name-v0"``.
+    """The registered id of ``env_id``, importing what registers it first.
 
-    Raises a clear ``ValueError`` for a module that does not import or an unknown id.
+    ``"Name-v0"``: an id already registered (``metarl/...``, Gymnasium's own).
+    ``"module:Name-v0"``: ``module`` is imported first (from the Python path; the ``metarl``
+    command also searches the working directory).
+    ``"path/to/file.py:Name-v0"``: the file (relative to the working directory, or absolute)
+    is imported first, once per process, as the module ``_metarl_envfile_<stem>_<hash of its
+    absolute path>``: a worker process or Ray actor that is given the same id imports the same
+    file under the same name, so its tasks (classes defined in the file) unpickle there.
+
+    Raises a clear ``ValueError`` for a file that does not exist, a module or file that does
+    not import, or an id that is still unknown.
     """
-    module, sep, name = env_id.rpartition(":")
+    source, sep, name = env_id.rpartition(":")
     if sep:
         try:
-            importlib.import_module(module)
+            if source.endswith(".py"):
+                _import_env_file(source)
+            else:
+                importlib.import_module(source)
+        except FileNotFoundError as err:
+            raise ValueError(f"env id {env_id!r}: {err}") from None
         except ImportError as err:
-            raise ValueError(f"env id {env_id!r}: cannot import module {module!r}: {err}") from None
+            raise ValueError(
+                f"env id {env_id!r}: cannot import module {source!r}: {err} (a module is found "
+                "on the Python path, which the metarl command extends by the working "
+                f"directory; or name the file: 'path/to/{source.split('.')[-1]}.py:{name}')"
+            ) from None
+        except Exception as err:  # a user's module that fails while importing
+            raise ValueError(
+                f"env id {env_id!r}: importing {source!r} raised {type(err).__name__}: {err}"
+            ) from None
     if name not in gym.registry:
         ours = sorted(k for k in gym.registry if k.startswith("metarl/"))
+        hint = f"{source!r} was imported but did not register {name!r}; " if sep else ""
         raise ValueError(
-            f"unknown env id {env_id!r}; registered task envs: {', '.join(ours)} "
-            "(a user's own env: 'module:Name-v0', registered when module imports)"
+            f"unknown env id {env_id!r}; {hint}registered task envs: {', '.join(ours)} (a "
+            "user's own env: 'module:Name-v0' or 'path/to/file.py:Name-v0', registered when "
+            "the module or file imports)"
         )
     return name
+
+
+def _import_env_file(path_text: str) -> None:
+    """Import the Python file ``path_text`` (see :func:`resolve_env_id`) unless it was."""
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        where = "" if path.is_absolute() else f" (relative to the working directory {os.getcwd()})"
+        raise FileNotFoundError(f"file {path_text!r} does not exist{where}")
+    path = path.resolve()
+    stem = re.sub(r"\W", "_", path.stem)
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    module_name = f"_metarl_envfile_{stem}_{digest}"
+    if module_name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{str(path)!r} is not an importable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # before it runs: dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
 
 
 def make_env(
