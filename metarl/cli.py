@@ -49,7 +49,15 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config key (repeatable)",
     )
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar: one plain line per log row instead (what a log file or a "
+        "pipe gets anyway)",
+    )
+    train.add_argument(
+        "--quiet", "-q", action="store_true", help="only warnings and errors on stderr"
+    )
 
     ev = sub.add_parser("evaluate", help="adaptation curves of a trained run")
     ev.add_argument("run_dir", type=Path)
@@ -91,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         config=config,
         run_dir=args.out,
         make_learner=kind.make_learner,
-        progress=not args.no_progress,
+        progress=False if args.quiet else "lines" if args.no_progress else True,
         progress_keys=kind.progress_keys,
     )
     try:
@@ -225,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "plot": cmd_plot}
     prefix = f"metarl {args.command}"
+    level = log.level
+    if getattr(args, "quiet", False):
+        log.setLevel(logging.WARNING)
     try:
         with stop_signals():
             commands[args.command](args)
@@ -241,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = f" {err.filename}" if err.filename else ""
         print(f"{prefix}: error:{name}: {err.strerror or err}", file=sys.stderr)
         return 2
+    finally:
+        log.setLevel(level)
     return 0
 
 

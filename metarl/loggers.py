@@ -1,10 +1,13 @@
-"""Loggers, passed to the trainer (never global): CSV, TensorBoard, and a console progress bar."""
+"""Loggers, passed to the trainer (never global): CSV, TensorBoard, and console progress (a bar
+on a terminal, plain lines elsewhere)."""
 
 from __future__ import annotations
 
 import csv
+import logging
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -140,6 +143,66 @@ class ProgressBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class ProgressLines:
+    """One plain line per log row through :mod:`logging` (the ``metarl`` command writes it to
+    stderr), for output that is not a terminal (a log file, ``make demo``, CI): the iteration,
+    the headline statistics (``keys``; all when empty), seconds per iteration since the last
+    line, the time elapsed and an estimate of the time left, e.g.
+    ``iteration 20/100: pre_adapt_return -40.1, post_adapt_return -35.2 | 9.61 s/iteration,
+    elapsed 3m12s, left ~12m49s``."""
+
+    def __init__(
+        self,
+        *,
+        total: int,
+        initial: int = 0,
+        keys: tuple[str, ...] = (),
+        clock: Callable[[], float] = time.monotonic,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.total = total
+        self.keys = keys
+        self.clock = clock
+        self.log_to = logger or logging.getLogger("metarl.progress")
+        self.start_time = self.last_time = clock()
+        self.start_iteration = self.last_iteration = initial
+
+    def log(self, iteration: int, stats: Mapping[str, float]) -> None:
+        now = self.clock()
+        shown = [k for k in self.keys if k in stats] or list(stats)
+        timing = []
+        if iteration > self.last_iteration:
+            per = (now - self.last_time) / (iteration - self.last_iteration)
+            timing.append(f"{per:.3g} s/iteration")
+        elapsed = now - self.start_time
+        timing.append(f"elapsed {_duration(elapsed)}")
+        done = iteration - self.start_iteration
+        if done > 0 and iteration < self.total:
+            timing.append(f"left ~{_duration(elapsed / done * (self.total - iteration))}")
+        self.log_to.info(
+            "iteration %d/%d: %s | %s",
+            iteration,
+            self.total,
+            ", ".join(f"{k} {_short(stats[k])}" for k in shown),
+            ", ".join(timing),
+        )
+        self.last_time, self.last_iteration = now, iteration
+
+    def close(self) -> None:
+        pass
+
+
+def _duration(seconds: float) -> str:
+    """``9.6s``, ``3m12s``, ``1h02m``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def _numbers(values: list[str]) -> bool:

@@ -8,19 +8,27 @@ import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
 from metarl.config import ConfigError, config_diff, config_from_dict, config_to_dict, save_config
 from metarl.errors import RunDirError, StepError, replacing, write_failure
-from metarl.loggers import CSVLogger, Logger, ProgressBar, TensorBoardLogger, read_progress
+from metarl.loggers import (
+    CSVLogger,
+    Logger,
+    ProgressBar,
+    ProgressLines,
+    TensorBoardLogger,
+    read_progress,
+)
 from metarl.rngs import Rngs
 
 log = logging.getLogger(__name__)
@@ -354,9 +362,12 @@ class Trainer:
         run_dir: str | Path,
         make_learner: LearnerFactory,
         loggers: Sequence[Logger] = (),
-        progress: bool = True,
+        progress: bool | Literal["bar", "lines"] = True,
         progress_keys: tuple[str, ...] = (),
     ) -> None:
+        """``progress``: ``"bar"`` a tqdm bar; ``"lines"`` one plain log line per log row
+        (:class:`~metarl.loggers.ProgressLines`); True the bar when stderr is a terminal, else
+        the lines; False neither. ``progress_keys``: the statistics they show (all if empty)."""
         self.config = config
         self.run_dir = Path(run_dir)
         self.make_learner = make_learner
@@ -464,9 +475,16 @@ class Trainer:
     def _loop(self, learner: Learner, rngs: Rngs, loggers: list[Logger], window: _Window) -> None:
         cfg = self.config
         bar = None
-        if self.progress:
+        mode = self.progress
+        if mode is True:
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        if mode == "bar":
             bar = ProgressBar(total=cfg.iterations, initial=self.iteration, keys=self.progress_keys)
             loggers.append(bar)
+        elif mode == "lines":
+            loggers.append(
+                ProgressLines(total=cfg.iterations, initial=self.iteration, keys=self.progress_keys)
+            )
         for done in range(self.iteration + 1, cfg.iterations + 1):
             stats = self._step(learner, rngs, done)
             with deferred_signals():

@@ -1,6 +1,7 @@
 """Trainer (checkpoints, exact resume, NaN stop) and the metarl command line."""
 
 import csv
+import re
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +203,61 @@ def test_cli_reports_bad_input_without_a_traceback(
     assert "does not exist" in capsys.readouterr().err
     assert main(["plot", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
     assert "holds no progress.csv" in capsys.readouterr().err
+
+
+def test_progress_lines_say_iteration_headline_stats_and_timing() -> None:
+    import logging
+
+    from metarl.loggers import ProgressLines
+
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("test.progress")
+    logger.addHandler(Collect())
+    logger.setLevel(logging.INFO)
+    times = iter([100.0, 150.0, 250.0, 4000.0])
+    lines = ProgressLines(
+        total=30, initial=10, keys=("b", "a"), clock=lambda: next(times), logger=logger
+    )
+    lines.log(15, {"a": 1.23456, "b": -40.0, "c": 3.0})  # 10 s/it since the start at 10
+    lines.log(20, {"a": 2.0, "b": 0.5})
+    lines.log(30, {"c": 7.0})  # none of the keys: all statistics
+    assert records == [
+        "iteration 15/30: b -40, a 1.235 | 10 s/iteration, elapsed 50.0s, left ~2m30s",
+        "iteration 20/30: b 0.5, a 2 | 20 s/iteration, elapsed 2m30s, left ~2m30s",
+        "iteration 30/30: c 7 | 375 s/iteration, elapsed 1h05m",
+    ]
+
+
+def test_off_a_terminal_train_logs_a_plain_line_every_log_every(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="metarl")
+    sets = [a for s in SMALL for a in ("--set", s)] + ["--set", "iterations=12"]
+
+    def progress() -> list[str]:
+        lines = [r.getMessage() for r in caplog.records if r.name == "metarl.progress"]
+        caplog.clear()
+        return lines
+
+    assert main(["train", "--out", str(tmp_path / "a"), *sets]) == 0  # stderr is no terminal
+    lines = progress()
+    rows = _rows(tmp_path / "a/progress.csv")
+    assert [r["iteration"] for r in rows] == ["5", "10", "12"] and len(lines) == 3
+    for line, row in zip(lines, rows, strict=True):
+        stats = ", ".join(
+            f"{k} {float(row[k]):.4g}" for k in ("pre_adapt_query_loss", "post_adapt_query_loss")
+        )
+        assert line.startswith(f"iteration {row['iteration']}/12: {stats} | "), line
+    assert re.fullmatch(r".* \| \S+ s/iteration, elapsed \S+s, left ~\S+s", lines[0])
+    assert re.fullmatch(r".* \| \S+ s/iteration, elapsed \S+s", lines[-1])
+    assert main(["train", "--out", str(tmp_path / "b"), *sets, "--no-progress"]) == 0
+    assert len(progress()) == 3  # no bar, and the lines even on a terminal
+    assert main(["train", "--out", str(tmp_path / "c"), *sets, "--quiet"]) == 0
+    assert progress() == [] and not [r for r in caplog.records if r.levelno < logging.WARNING]
