@@ -1,4 +1,4 @@
-"""``metarl train | evaluate | plot``: thin commands over the library."""
+"""``metarl train | evaluate | plot | config``: thin commands over the library."""
 
 from __future__ import annotations
 
@@ -33,8 +33,23 @@ from metarl.trainer import (
 log = logging.getLogger("metarl")
 
 
+def version() -> str:
+    """``metarl 0.1.0 (Python 3.11.7, torch 2.13.0, gymnasium 1.2.0)``: for bug reports."""
+    import platform
+
+    import gymnasium
+
+    import metarl
+
+    return (
+        f"metarl {metarl.__version__} (Python {platform.python_version()}, "
+        f"torch {torch.__version__}, gymnasium {gymnasium.__version__})"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metarl", description=__doc__)
+    parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a run from a config")
@@ -72,6 +87,28 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int, help="gradient steps (default from the config)")
     ev.add_argument("--seed", type=int, help="seed of the held-out tasks")
     ev.add_argument("--episodes", type=int, help="RL: episodes per task and step")
+
+    config = sub.add_parser("config", help="explain configs: one resolved, or every key")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser(
+        "show",
+        help="the resolved config as commented YAML: each key's doc, type, bounds and "
+        "default, the keys that differ from the defaults marked",
+    )
+    show.add_argument(
+        "config", nargs="?", help="YAML config or run directory (default: the built-in config)"
+    )
+    show.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable)",
+    )
+    config_sub.add_parser(
+        "docs", help="every key of every kind as Markdown (docs/config.md is its output)"
+    )
 
     plot = sub.add_parser("plot", help="learning curves from the logs of runs")
     plot.add_argument("run_dirs", nargs="+", type=Path)
@@ -218,6 +255,18 @@ def search_working_directory() -> None:
         sys.path.append(cwd)
 
 
+def cmd_config(args: argparse.Namespace) -> None:
+    from metarl.config_docs import config_reference, describe_config
+
+    if args.config_command == "docs":
+        print(config_reference(), end="")
+        return
+    path = args.config
+    if path is not None and Path(path).is_dir():  # a run directory: the config it ran with
+        path = Path(path) / CONFIG
+    print(describe_config(load_config(path, args.overrides)), end="")
+
+
 USER_ERRORS = (ConfigError, CheckpointError, TrainingError, StepError, RunDirError)
 """Errors whose message is the whole story: one line on stderr, exit code 2."""
 
@@ -232,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     search_working_directory()
     args = _parser().parse_args(argv)
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "plot": cmd_plot}
-    prefix = f"metarl {args.command}"
+    commands["config"] = cmd_config
+    prefix = " ".join(["metarl", args.command, getattr(args, "config_command", "")]).strip()
     level = log.level
     if getattr(args, "quiet", False):
         log.setLevel(logging.WARNING)
