@@ -9,10 +9,11 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from metarl.config import DEFAULT_KIND, ConfigError, load_config, read_yaml
+from metarl.config import ConfigError, config_from_dict, load_config, read_yaml
 from metarl.errors import RunDirError, StepError
 from metarl.evaluation import figure_format, plot_curves, plot_learning_curves, write_rows
 from metarl.experiments import KINDS, EvalOptions
@@ -196,6 +197,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             ylabel=result.ylabel,
             panel_key=result.panel_key,
             title=result.title,
+            xlabel=result.xlabel,
         )
     print(_table(result.rows, result.metric))
     log.info("wrote %s and %s", csv_path, png_path)
@@ -229,20 +231,28 @@ def cmd_plot(args: argparse.Namespace) -> None:
         runs[d.name or str(d)] = [dict(zip(header, r, strict=True)) for r in records]
     columns = [k for rows in runs.values() for k in (rows[0] if rows else {})]
     available = [k for k in dict.fromkeys(columns) if k != "iteration"]
-    keys = [k for k in args.keys.split(",") if k] or _default_keys(args.run_dirs[0], available)
+    configs = [_run_config(d) for d in args.run_dirs]
+    kind = KINDS.get(configs[0].kind) if configs[0] is not None else None
+    preferred = [k for k in kind.progress_keys if k in available] if kind else []
+    keys = [k for k in args.keys.split(",") if k] or preferred or available
     unknown = [k for k in keys if k not in available]
     if unknown:
         raise ConfigError(f"--keys {unknown} not in the logs; available: {', '.join(available)}")
-    plot_learning_curves(args.out, runs, keys=keys)
+    described = [KINDS[c.kind].describe(c) for c in configs if c is not None and c.kind in KINDS]
+    title = "learning curves: " + "; ".join(dict.fromkeys(described)) if described else ""
+    unit_labels = {"loss": kind.loss_label} if kind else None
+    plot_learning_curves(args.out, runs, keys=keys, title=title, unit_labels=unit_labels)
     log.info("wrote %s", args.out)
 
 
-def _default_keys(run_dir: Path, available: list[str]) -> list[str]:
-    """The kind's headline statistics (e.g. pre/post-adaptation return) when the logs have them."""
-    config = run_dir / CONFIG
-    kind = read_yaml(config).get("kind", DEFAULT_KIND) if config.is_file() else None
-    preferred = [k for k in KINDS[kind].progress_keys if k in available] if kind in KINDS else []
-    return preferred or available
+def _run_config(run_dir: Path) -> Any:
+    """The config a run directory ran with, or None when it has no readable one (the logs
+    are drawn all the same)."""
+    path = run_dir / CONFIG
+    try:
+        return config_from_dict(read_yaml(path)) if path.is_file() else None
+    except ConfigError:
+        return None
 
 
 def search_working_directory() -> None:

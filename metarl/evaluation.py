@@ -91,6 +91,23 @@ def save_figure(fig: Any, path: str | Path) -> None:
         plt.close(fig)
 
 
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def band_note(rows: Sequence[Mapping[str, Any]]) -> str:
+    """What the shaded band of an adaptation curve is, e.g. ``shaded: 95% confidence interval
+    of the mean over 40 tasks``."""
+    counts = sorted({int(r["num_tasks"]) for r in rows if "num_tasks" in r})
+    tasks = " or ".join(str(n) for n in counts) or "the"
+    return f"shaded: 95% confidence interval of the mean over {tasks} tasks"
+
+
 def plot_curves(
     path: str | Path,
     rows: Sequence[Mapping[str, Any]],
@@ -99,60 +116,152 @@ def plot_curves(
     ylabel: str,
     panel_key: str | None = None,
     title: str = "",
+    xlabel: str = "gradient steps at test time",
 ) -> None:
-    """Mean with a 95% band vs gradient steps, one line per method (one panel per ``panel_key``).
+    """Mean with a 95% band vs gradient steps (integer ticks), one line per method (one panel
+    per ``panel_key``); a note under the figure says what the band is (:func:`band_note`).
 
     A method with a single row (step 0 only, e.g. the oracle) is drawn as a horizontal line.
     """
-    import matplotlib
+    from matplotlib.ticker import MaxNLocator
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     panels: list[Any] = [None]
     if panel_key is not None:
         panels = sorted({r[panel_key] for r in rows}, key=lambda v: float(v))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
         sel = [r for r in rows if panel_key is None or r[panel_key] == panel]
         for method in dict.fromkeys(r["method"] for r in sel):
+            color = colors[methods.index(method) % len(colors)]
             pts = sorted((r for r in sel if r["method"] == method), key=lambda r: int(r["step"]))
             x = np.array([int(r["step"]) for r in pts])
             y = np.array([float(r[f"mean_{metric}"]) for r in pts])
             ci = np.array([float(r[f"ci95_{metric}"]) for r in pts])
             if len(pts) == 1:
-                line = ax.axhline(y[0], ls="--", label=method)
-                ax.axhspan(y[0] - ci[0], y[0] + ci[0], alpha=0.15, color=line.get_color())
+                ax.axhline(y[0], ls="--", color=color, label=f"{method} (no adaptation)")
+                ax.axhspan(y[0] - ci[0], y[0] + ci[0], alpha=0.1, color=color)
                 continue
-            ax.plot(x, y, marker="o", ms=3, label=method)
-            ax.fill_between(x, y - ci, y + ci, alpha=0.25)
-        ax.set_xlabel("gradient steps")
+            ax.plot(x, y, marker="o", ms=3, color=color, label=method)
+            ax.fill_between(x, y - ci, y + ci, alpha=0.2, color=color)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{title} {panel_key}={panel}".strip() if panel_key else title)
+        ax.set_title(f"{title}, {panel} {panel_key}".strip(", ") if panel_key else title)
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
+        ax.legend(fontsize=8)
+    fig.text(0.5, 0.01, band_note(rows), ha="center", va="bottom", fontsize=8, color="0.3")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- learning curves
+
+UNITS: dict[str, str] = {
+    "return": "average return per episode",
+    "loss": "loss",
+    "accuracy": "accuracy (fraction correct)",
+    "kl": "KL divergence (nats)",
+    "seconds": "seconds",
+    "norm": "norm",
+    "count": "count",
+    "fraction": "fraction",
+}
+"""The axis label of each unit a logged column can be in (:func:`column_unit`)."""
+
+NAMES: dict[str, str] = {
+    "pre_adapt_return": "before adaptation",
+    "post_adapt_return": "after adaptation",
+    "pre_adapt_query_loss": "query loss before adaptation",
+    "post_adapt_query_loss": "query loss after adaptation",
+    "post_adapt_query_accuracy": "query accuracy after adaptation",
+    "train_loss": "training loss",
+    "trpo/loss_before": "TRPO: surrogate loss before the step",
+    "trpo/loss_after": "TRPO: surrogate loss after the step",
+    "trpo/kl_after": "TRPO: KL of the accepted step",
+    "trpo/step_accepted": "TRPO: step accepted",
+    "trpo/cg_products": "TRPO: conjugate-gradient products",
+    "trpo/cg_residual": "TRPO: conjugate-gradient residual",
+}
+"""Readable names of known ``progress.csv`` columns (others: :func:`column_name`)."""
+
+
+def column_name(key: str) -> str:
+    """A readable name of a logged column: ``trpo/grad_norm`` -> ``TRPO: grad norm``."""
+    if key in NAMES:
+        return NAMES[key]
+    group, _, rest = key.rpartition("/")
+    words = rest.replace("_", " ")
+    return f"{group.upper() if len(group) <= 4 else group}: {words}" if group else words
+
+
+def column_unit(key: str) -> str:
+    """The unit of a logged column, from the words of its name (one of :data:`UNITS`, or the
+    column itself when none fits, which then gets an axis of its own)."""
+    words = key.lower().replace("/", "_").split("_")
+    rules = [
+        ("return", {"return", "returns"}),
+        ("accuracy", {"accuracy", "acc"}),
+        ("kl", {"kl"}),
+        ("loss", {"loss"}),
+        ("seconds", {"s", "seconds", "sec", "time"}),
+        ("norm", {"norm", "residual"}),
+        ("count", {"backtracks", "products", "iters", "steps", "episodes"}),
+        ("fraction", {"fraction", "accepted", "rescale", "ratio"}),
+    ]
+    for unit, names in rules:
+        if names & set(words):
+            return unit
+    return key
 
 
 def plot_learning_curves(
-    path: str | Path, runs: Mapping[str, Sequence[Mapping[str, str]]], *, keys: Sequence[str]
+    path: str | Path,
+    runs: Mapping[str, Sequence[Mapping[str, str]]],
+    *,
+    keys: Sequence[str],
+    title: str = "",
+    unit_labels: Mapping[str, str] | None = None,
 ) -> None:
-    """Statistics vs iteration from the ``progress.csv`` rows of one or more runs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for run, rows in runs.items():
-        for key in keys:
-            pts = [(int(r["iteration"]), float(r[key])) for r in rows if r.get(key, "") != ""]
-            if pts:
-                x, y = zip(*pts, strict=True)
-                ax.plot(x, y, label=f"{run}: {key}" if len(runs) > 1 else key)
-    ax.set_xlabel("iteration")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    """Statistics vs meta-iteration from the ``progress.csv`` rows of one or more runs: one
+    axis per unit (:func:`column_unit`; returns, losses, accuracy, KL, seconds, ...), stacked
+    over a shared x axis, with readable names (:func:`column_name`). ``unit_labels`` refine
+    the y labels of :data:`UNITS` (e.g. ``{"loss": "mean squared error"}``)."""
+    plt = _pyplot()
+    labels = {**UNITS, **(unit_labels or {})}
+    units: dict[str, list[str]] = {}
+    for key in keys:
+        units.setdefault(column_unit(key), []).append(key)
+    fig, axes = plt.subplots(
+        len(units), 1, figsize=(7, 1.2 + 2.6 * len(units)), sharex=True, squeeze=False
+    )
+    for ax, (unit, unit_keys) in zip(axes[:, 0], units.items(), strict=True):
+        for run, rows in runs.items():
+            for key in unit_keys:
+                pts = [(int(r["iteration"]), float(r[key])) for r in rows if r.get(key, "") != ""]
+                if pts:
+                    x, y = zip(*pts, strict=True)
+                    name = column_name(key)
+                    ax.plot(
+                        x,
+                        y,
+                        marker="o" if len(pts) < 30 else "",
+                        ms=3,
+                        label=f"{run}: {name}" if len(runs) > 1 else name,
+                    )
+        ax.set_ylabel(labels.get(unit, column_name(unit)))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[-1, 0].set_xlabel("meta-iteration")
+    axes[-1, 0].xaxis.set_major_locator(_integer_ticks())
+    fig.suptitle(title or "learning curves")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def _integer_ticks() -> Any:
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)

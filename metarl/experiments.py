@@ -33,6 +33,7 @@ class EvalResult:
     ylabel: str
     panel_key: str | None = None
     title: str = ""
+    xlabel: str = "gradient steps at test time"
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class ExperimentKind:
     make_learner: Callable[[Any, Rngs], Learner]
     evaluate: Callable[[Sequence[Checkpoint], EvalOptions], EvalResult]
     progress_keys: tuple[str, ...]
+    """The headline statistics: the progress lines and bar show them, ``metarl plot`` draws
+    them by default."""
+    describe: Callable[[Any], str]
+    """A few words on what a config of this kind trains (figure titles)."""
+    loss_label: str = "loss"
+    """What this kind's logged losses are (the learning curves' y label)."""
 
 
 def _eval_config(config: Any, options: EvalOptions, episodes_key: str | None) -> Any:
@@ -67,7 +74,11 @@ def _sinusoid_evaluate(runs: Sequence[Checkpoint], options: EvalOptions) -> Eval
     eval_cfg = _eval_config(runs[0].config, options, episodes_key=None)
     rows = evaluate_sinusoid([(r.config, r.learner["params"]) for r in runs], eval_cfg)
     return EvalResult(
-        rows=rows, metric="loss", ylabel="query MSE", panel_key="shots", title="sinusoid"
+        rows=rows,
+        metric="loss",
+        ylabel="query mean squared error",
+        panel_key="shots",
+        title="sinusoid",
     )
 
 
@@ -138,7 +149,11 @@ def _rl_evaluate(runs: Sequence[Checkpoint], options: EvalOptions) -> EvalResult
     _check_env(runs[0].config)
     rows = evaluate_rl([(r.config, r.learner["params"]) for r in runs], eval_cfg)
     return EvalResult(
-        rows=rows, metric="return", ylabel="average return", title=runs[0].config.env.id
+        rows=rows,
+        metric="return",
+        ylabel="average return per episode",
+        title=runs[0].config.env.id,
+        xlabel="policy-gradient steps at test time",
     )
 
 
@@ -170,7 +185,7 @@ def _omniglot_evaluate(runs: Sequence[Checkpoint], options: EvalOptions) -> Eval
     return EvalResult(
         rows=rows,
         metric="accuracy",
-        ylabel="query accuracy",
+        ylabel="query accuracy (fraction correct)",
         title=f"Omniglot {task.ways}-way {task.shots}-shot",
     )
 
@@ -180,15 +195,21 @@ KINDS: dict[str, ExperimentKind] = {
         make_learner=_sinusoid_learner,
         evaluate=_sinusoid_evaluate,
         progress_keys=("pre_adapt_query_loss", "post_adapt_query_loss", "train_loss"),
+        describe=lambda c: f"sinusoid regression, {c.method}",
+        loss_label="mean squared error",
     ),
     "rl": ExperimentKind(
         make_learner=_rl_learner,
         evaluate=_rl_evaluate,
         progress_keys=("pre_adapt_return", "post_adapt_return"),
+        describe=lambda c: f"{c.env.id}, {c.method}",
+        loss_label="surrogate loss",
     ),
     "omniglot": ExperimentKind(
         make_learner=_omniglot_learner,
         evaluate=_omniglot_evaluate,
         progress_keys=("post_adapt_query_accuracy", "post_adapt_query_loss"),
+        describe=lambda c: f"Omniglot {c.task.ways}-way {c.task.shots}-shot",
+        loss_label="cross-entropy (nats)",
     ),
 }

@@ -189,7 +189,7 @@ def test_cli_train_evaluate_plot(tmp_path: Path) -> None:
         == 0
     )
     with Image.open(tmp_path / "curves.png") as img:
-        assert img.size == (600, 400)
+        assert img.size == (700, 380)
 
 
 def test_cli_reports_bad_input_without_a_traceback(
