@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,12 @@ import torch
 from metarl.config import ConfigError, config_from_dict, load_config, read_yaml
 from metarl.errors import RunDirError, StepError
 from metarl.evaluation import figure_format, plot_curves, plot_learning_curves, write_rows
-from metarl.experiments import KINDS, EvalOptions
+from metarl.experiments import KINDS, EvalOptions, EvalResult
 from metarl.loggers import read_progress
 from metarl.trainer import (
     CONFIG,
     PROGRESS,
+    Checkpoint,
     CheckpointError,
     Interrupted,
     Trainer,
@@ -28,6 +30,8 @@ from metarl.trainer import (
     check_output_file,
     deferred_signals,
     load_checkpoint,
+    make_dirs,
+    remove_dirs,
     stop_signals,
 )
 
@@ -88,6 +92,20 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int, help="gradient steps (default from the config)")
     ev.add_argument("--seed", type=int, help="seed of the held-out tasks")
     ev.add_argument("--episodes", type=int, help="RL: episodes per task and step")
+    ev.add_argument(
+        "--checkpoint",
+        default="last",
+        metavar="best|last|N",
+        help="the checkpoint of RUN_DIR to evaluate: last (checkpoint.pt, the default), best "
+        "or iteration N (kept with the config key checkpoint_keep); --compare runs: their last",
+    )
+    ev.add_argument(
+        "--out",
+        type=Path,
+        help="directory for adaptation.csv/.png (default RUN_DIR; created if missing; a "
+        "previous evaluation's files there are replaced); with --checkpoint best or N: "
+        "adaptation_best.*, adaptation_N.*",
+    )
 
     config = sub.add_parser("config", help="explain configs: one resolved, or every key")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -139,6 +157,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         make_learner=kind.make_learner,
         progress=False if args.quiet else "lines" if args.no_progress else True,
         progress_keys=kind.progress_keys,
+        best_by=kind.best_by(config),
     )
     try:
         trainer.run(resume=args.resume)
@@ -170,28 +189,34 @@ def _interrupted_training(trainer: Trainer) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    runs = [load_checkpoint(d) for d in [args.run_dir, *args.compare]]
-    kind_name = runs[0].config.kind
-    for path, run in zip(args.compare, runs[1:], strict=True):
-        if run.config.kind != kind_name:
+    which = str(int(args.checkpoint)) if args.checkpoint.isdigit() else args.checkpoint
+    run = load_checkpoint(args.run_dir, which)
+    runs = [run, *(load_checkpoint(d) for d in args.compare)]
+    for path, other in zip(args.compare, runs[1:], strict=True):
+        if other.config.kind != run.config.kind:
             raise ConfigError(
-                f"--compare {str(path)!r} is a {run.config.kind!r} run; "
-                f"{str(args.run_dir)!r} is a {kind_name!r} run"
+                f"--compare {str(path)!r} is a {other.config.kind!r} run; "
+                f"{str(args.run_dir)!r} is a {run.config.kind!r} run"
             )
-    csv_path, png_path = args.run_dir / "adaptation.csv", args.run_dir / "adaptation.png"
-    for path in (csv_path, png_path):  # before the evaluation, not after it
-        check_output_file(path, "output")
-    options = EvalOptions(
-        num_tasks=args.num_tasks, steps=args.steps, seed=args.seed, episodes=args.episodes
-    )
+    out_dir = args.out if args.out is not None else args.run_dir
+    created = make_dirs(out_dir, "--out directory") if args.out is not None else []
     try:
-        result = KINDS[kind_name].evaluate(runs, options)
-    except KeyboardInterrupt as err:
-        raise Stopped("interrupted; nothing was written", _exit_code(err)) from None
+        stem = "adaptation" if which == "last" else f"adaptation_{which}"
+        paths = (out_dir / f"{stem}.csv", out_dir / f"{stem}.png")
+        for path in paths:  # before the evaluation, not after it
+            check_output_file(path, "output")
+        result = _evaluate(runs, args)
+    except BaseException:
+        remove_dirs(created)
+        raise
+    if which != "last":
+        what = "best checkpoint" if which == "best" else "checkpoint"
+        result = replace(result, title=f"{result.title}, {what} (iteration {run.iteration})")
+    replaced = [p for p in paths if p.exists()]
     with deferred_signals():  # both files or, if the writing fails, an error naming them
-        write_rows(csv_path, result.rows)
+        write_rows(paths[0], result.rows)
         plot_curves(
-            png_path,
+            paths[1],
             result.rows,
             metric=result.metric,
             ylabel=result.ylabel,
@@ -200,7 +225,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             xlabel=result.xlabel,
         )
     print(_table(result.rows, result.metric))
-    log.info("wrote %s and %s", csv_path, png_path)
+    again = " (replacing the previous evaluation's)" if replaced else ""
+    log.info("wrote %s and %s%s", *paths, again)
+
+
+def _evaluate(runs: Sequence[Checkpoint], args: argparse.Namespace) -> EvalResult:
+    log.info("evaluating %s (iteration %d)", runs[0].path, runs[0].iteration)
+    options = EvalOptions(
+        num_tasks=args.num_tasks, steps=args.steps, seed=args.seed, episodes=args.episodes
+    )
+    try:
+        return KINDS[runs[0].config.kind].evaluate(runs, options)
+    except KeyboardInterrupt as err:
+        raise Stopped("interrupted; nothing was written", _exit_code(err)) from None
 
 
 def _table(rows: Sequence[dict[str, object]], metric: str) -> str:

@@ -144,6 +144,12 @@ class SinusoidConfig:
     """Iterations between log rows."""
     checkpoint_every: int = bounded(1000, ge=1)
     """Iterations between checkpoints (one is always written at the end)."""
+    checkpoint_keep: int = bounded(0, ge=0)
+    """Checkpoints kept besides checkpoint.pt (always the latest): the last ``checkpoint_keep`` as
+    checkpoint_<iteration>.pt, and the best as checkpoint_best.pt, by the lowest post-adaptation
+    query loss (``pretrained``: training loss) averaged over the iterations since the previous
+    checkpoint. 0: checkpoint.pt only. ``metarl evaluate RUNDIR --checkpoint best|last|N`` picks
+    one."""
 
 
 # --------------------------------------------------------------------------- meta-RL
@@ -291,6 +297,12 @@ class RLConfig:
     """Iterations between log rows."""
     checkpoint_every: int = bounded(1, ge=1)
     """Iterations between checkpoints (one is always written at the end)."""
+    checkpoint_keep: int = bounded(0, ge=0)
+    """Checkpoints kept besides checkpoint.pt (always the latest): the last ``checkpoint_keep`` as
+    checkpoint_<iteration>.pt, and the best as checkpoint_best.pt, by the highest
+    post-adaptation return (``maml``; the other methods: the pre-adaptation return) averaged
+    over the iterations since the previous checkpoint. 0: checkpoint.pt only. ``metarl evaluate
+    RUNDIR --checkpoint best|last|N`` picks one."""
     learner_threads: int = bounded(1, ge=1)
     """Torch intra-op threads for the learner's adaptation and outer step (sampling always
     uses one: its forwards are small, and sampler workers step envs meanwhile). With idle
@@ -391,6 +403,11 @@ class OmniglotConfig:
     """Iterations between log rows."""
     checkpoint_every: int = bounded(500, ge=1)
     """Iterations between checkpoints (one is always written at the end)."""
+    checkpoint_keep: int = bounded(0, ge=0)
+    """Checkpoints kept besides checkpoint.pt (always the latest): the last ``checkpoint_keep`` as
+    checkpoint_<iteration>.pt, and the best as checkpoint_best.pt, by the highest
+    post-adaptation query accuracy averaged over the iterations since the previous checkpoint.
+    0: checkpoint.pt only. ``metarl evaluate RUNDIR --checkpoint best|last|N`` picks one."""
 
 
 ExperimentConfig = SinusoidConfig | RLConfig | OmniglotConfig

@@ -11,7 +11,7 @@ from typing import Any
 
 from metarl.config import ConfigError, with_overrides
 from metarl.rngs import Rngs
-from metarl.trainer import Checkpoint, Learner
+from metarl.trainer import BestBy, Checkpoint, Learner
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ class ExperimentKind:
     them by default."""
     describe: Callable[[Any], str]
     """A few words on what a config of this kind trains (figure titles)."""
+    best_by: Callable[[Any], BestBy]
+    """The headline statistic that picks ``checkpoint_best.pt`` (``checkpoint_keep``)."""
     loss_label: str = "loss"
     """What this kind's logged losses are (the learning curves' y label)."""
 
@@ -196,6 +198,10 @@ KINDS: dict[str, ExperimentKind] = {
         evaluate=_sinusoid_evaluate,
         progress_keys=("pre_adapt_query_loss", "post_adapt_query_loss", "train_loss"),
         describe=lambda c: f"sinusoid regression, {c.method}",
+        best_by=lambda c: BestBy(
+            "post_adapt_query_loss" if c.method == "maml" else "train_loss",
+            higher_is_better=False,
+        ),
         loss_label="mean squared error",
     ),
     "rl": ExperimentKind(
@@ -203,6 +209,10 @@ KINDS: dict[str, ExperimentKind] = {
         evaluate=_rl_evaluate,
         progress_keys=("pre_adapt_return", "post_adapt_return"),
         describe=lambda c: f"{c.env.id}, {c.method}",
+        best_by=lambda c: BestBy(
+            "post_adapt_return" if c.method == "maml" else "pre_adapt_return",
+            higher_is_better=True,
+        ),
         loss_label="surrogate loss",
     ),
     "omniglot": ExperimentKind(
@@ -210,6 +220,7 @@ KINDS: dict[str, ExperimentKind] = {
         evaluate=_omniglot_evaluate,
         progress_keys=("post_adapt_query_accuracy", "post_adapt_query_loss"),
         describe=lambda c: f"Omniglot {c.task.ways}-way {c.task.shots}-shot",
+        best_by=lambda c: BestBy("post_adapt_query_accuracy", higher_is_better=True),
         loss_label="cross-entropy (nats)",
     ),
 }

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -34,6 +35,9 @@ from metarl.rngs import Rngs
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+BEST_CHECKPOINT = "checkpoint_best.pt"
+KEPT_CHECKPOINT = re.compile(r"checkpoint_(\d+)\.pt")
+"""The numbered checkpoints ``checkpoint_keep`` keeps: ``checkpoint_<iteration>.pt``."""
 CONFIG = "config.yaml"
 PROGRESS = "progress.csv"
 TENSORBOARD = "tb"
@@ -43,7 +47,7 @@ CHECKPOINT_FORMAT = 1
 # meta_lr for the last iterations: the supervised learners keep Adam's moments and take the
 # new rate).
 RESUMABLE_CHANGES = frozenset(
-    {"iterations", "log_every", "checkpoint_every", "meta_lr", "learner_threads"}
+    {"iterations", "log_every", "checkpoint_every", "checkpoint_keep", "meta_lr", "learner_threads"}
 )
 
 
@@ -163,27 +167,31 @@ def check_output_file(path: str | Path, what: str) -> None:
     check_writable_dir(path.parent, f"{what} {str(path)!r}: directory")
 
 
-def _make_run_dir(run_dir: Path) -> list[Path]:
-    """Create ``run_dir`` (and missing parents); the directories created, deepest first."""
+def make_dirs(run_dir: Path, what: str = "run directory") -> list[Path]:
+    """Create ``run_dir`` (and missing parents), a writable directory (a :class:`RunDirError`
+    naming ``what`` otherwise); the directories created, deepest first."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{what} {str(run_dir)!r} is a file")
     missing = [p for p in [run_dir, *run_dir.parents] if not p.exists()]
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        _remove_dirs(missing)
+        remove_dirs(missing)
         blocker = next((p for p in run_dir.parents if p.exists()), None)
         why = err.strerror or type(err).__name__
         if blocker is not None and not blocker.is_dir():
             why = f"{str(blocker)!r} is a file"
-        raise RunDirError(f"cannot create run directory {str(run_dir)!r}: {why}") from None
+        raise RunDirError(f"cannot create {what} {str(run_dir)!r}: {why}") from None
     try:
-        check_writable_dir(run_dir, "run directory")
+        check_writable_dir(run_dir, what)
     except RunDirError:
-        _remove_dirs(missing)
+        remove_dirs(missing)
         raise
     return missing
 
 
-def _remove_dirs(dirs: Sequence[Path]) -> None:
+def remove_dirs(dirs: Sequence[Path]) -> None:
+    """Remove the (empty) directories :func:`make_dirs` created, deepest first."""
     for d in dirs:
         try:
             d.rmdir()
@@ -242,6 +250,29 @@ class Checkpoint:
     window: dict[str, Any] | None = None
     """The statistics since the last regular log row (sums and count), so that a resumed run
     writes the rows an unbroken one does; None in checkpoints written before it was kept."""
+    best: dict[str, Any] | None = None
+    """The best checkpoint so far (``checkpoint_keep``): ``{"key", "value", "iteration"}``;
+    None if none was scored (or in checkpoints written before it was kept)."""
+    path: Path | None = None
+    """The file it was read from."""
+
+
+@dataclass(frozen=True)
+class BestBy:
+    """The statistic that picks the best checkpoint (``checkpoint_best.pt``): its mean over
+    the iterations since the previous checkpoint, the higher (or lower) the better."""
+
+    key: str
+    higher_is_better: bool
+
+    def better(self, value: float, best: Mapping[str, Any] | None) -> bool:
+        """Whether ``value`` beats the best so far (any finite value beats none)."""
+        if not math.isfinite(value):
+            return False
+        if best is None or best.get("key") != self.key:
+            return True
+        old = float(best["value"])
+        return value > old if self.higher_is_better else value < old
 
 
 def save_checkpoint(
@@ -252,6 +283,7 @@ def save_checkpoint(
     learner: Learner,
     rngs: Rngs,
     window: Mapping[str, Any] | None = None,
+    best: Mapping[str, Any] | None = None,
 ) -> None:
     """Write the checkpoint atomically: a crash, an interrupt or a full disk mid-write leaves
     the previous one intact and no partial file (a full disk is a :class:`RunDirError`)."""
@@ -262,6 +294,7 @@ def save_checkpoint(
         "learner": learner.state_dict(),
         "rngs": rngs.state(),
         "window": dict(window) if window is not None else None,
+        "best": dict(best) if best is not None else None,
     }
     try:
         with replacing(path) as tmp:
@@ -273,16 +306,61 @@ def save_checkpoint(
         raise RunDirError(f"{what}: {path.name} of iteration {iteration} not written") from None
 
 
-def load_checkpoint(run_dir: str | Path) -> Checkpoint:
-    """Read ``RUNDIR/checkpoint.pt`` with a clear error when it is missing or unreadable."""
-    path = Path(run_dir) / CHECKPOINT
-    if not Path(run_dir).is_dir():
+def load_checkpoint(run_dir: str | Path, which: str = "last") -> Checkpoint:
+    """Read a checkpoint of ``RUNDIR`` with a clear error when it is missing or unreadable:
+    ``which`` is ``last`` (``checkpoint.pt``), ``best`` (``checkpoint_best.pt``) or an
+    iteration (``checkpoint_<N>.pt``, or ``checkpoint.pt`` if it is of that iteration); the
+    ones other than ``last`` exist with ``checkpoint_keep`` > 0."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
         raise CheckpointError(f"run directory {str(run_dir)!r} does not exist")
+    path = run_dir / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(
             f"{str(run_dir)!r} holds no checkpoint ({CHECKPOINT}); "
             "train first with `metarl train CONFIG --out RUNDIR`"
         )
+    if which == "last":
+        return _read_checkpoint(path)
+    if which == "best":
+        if not (run_dir / BEST_CHECKPOINT).is_file():
+            raise CheckpointError(
+                f"{str(run_dir)!r} holds no best checkpoint ({BEST_CHECKPOINT}); {_kept(run_dir)}"
+            )
+        return _read_checkpoint(run_dir / BEST_CHECKPOINT)
+    if not which.isdigit():
+        raise CheckpointError(f"checkpoint {which!r}: expected best, last or an iteration number")
+    numbered = run_dir / f"checkpoint_{int(which)}.pt"
+    if numbered.is_file():
+        return _read_checkpoint(numbered)
+    last = _read_checkpoint(path)
+    if last.iteration == int(which):
+        return last
+    raise CheckpointError(
+        f"{str(run_dir)!r} holds no checkpoint of iteration {int(which)}; {_kept(run_dir)}"
+    )
+
+
+def kept_checkpoints(run_dir: Path) -> list[int]:
+    """The iterations of the numbered checkpoints in ``run_dir``, in order."""
+    found = (KEPT_CHECKPOINT.fullmatch(p.name) for p in run_dir.glob("checkpoint_*.pt"))
+    return sorted(int(m[1]) for m in found if m)
+
+
+def _kept(run_dir: Path) -> str:
+    numbered = kept_checkpoints(run_dir)
+    if not numbered and not (run_dir / BEST_CHECKPOINT).is_file():
+        return (
+            f"it keeps only {CHECKPOINT} (--checkpoint last); train with --set "
+            "checkpoint_keep=K (K >= 1) to keep the last K and the best"
+        )
+    shown = ", ".join(map(str, numbered)) or "none"
+    return f"it holds last, {'best, ' if (run_dir / BEST_CHECKPOINT).is_file() else ''}" + (
+        f"and the iterations {shown}"
+    )
+
+
+def _read_checkpoint(path: Path) -> Checkpoint:
     try:
         payload = torch.load(path, weights_only=True)
     except Exception as err:  # torch raises many kinds for a damaged file
@@ -308,6 +386,8 @@ def load_checkpoint(run_dir: str | Path) -> Checkpoint:
         learner=payload["learner"],
         rngs=payload["rngs"],
         window=payload.get("window"),
+        best=payload.get("best"),
+        path=path,
     )
 
 
@@ -364,16 +444,23 @@ class Trainer:
         loggers: Sequence[Logger] = (),
         progress: bool | Literal["bar", "lines"] = True,
         progress_keys: tuple[str, ...] = (),
+        best_by: BestBy | None = None,
     ) -> None:
         """``progress``: ``"bar"`` a tqdm bar; ``"lines"`` one plain log line per log row
         (:class:`~metarl.loggers.ProgressLines`); True the bar when stderr is a terminal, else
-        the lines; False neither. ``progress_keys``: the statistics they show (all if empty)."""
+        the lines; False neither. ``progress_keys``: the statistics they show (all if empty).
+        ``best_by``: with ``config.checkpoint_keep`` > 0, the statistic that picks
+        ``checkpoint_best.pt`` (None: no best one is kept)."""
         self.config = config
         self.run_dir = Path(run_dir)
         self.make_learner = make_learner
         self.extra_loggers = list(loggers)
         self.progress = progress
         self.progress_keys = progress_keys
+        self.best_by = best_by
+        self.keep = int(getattr(config, "checkpoint_keep", 0))
+        self.best: dict[str, Any] | None = None
+        self._interval = _Window()  # the statistics since the last checkpoint
         self.start_iteration = 0
         self.iteration = 0
         self.checkpoint_iteration: int | None = None
@@ -386,7 +473,7 @@ class Trainer:
             try:
                 learner = self.make_learner(self.config, rngs)
             except BaseException:
-                _remove_dirs(start.created)
+                remove_dirs(start.created)
                 raise
             loggers: list[Logger] = []
             try:
@@ -402,7 +489,7 @@ class Trainer:
 
     def _prepare_new(self) -> _Start:
         _check_new_run_dir(self.run_dir)
-        return _Start(created=_make_run_dir(self.run_dir))
+        return _Start(created=make_dirs(self.run_dir))
 
     def _prepare_resume(self) -> _Start:
         ckpt = load_checkpoint(self.run_dir)
@@ -438,6 +525,7 @@ class Trainer:
             if ckpt is not None:
                 learner.load_state_dict(ckpt.learner)
                 rngs.restore(ckpt.rngs)
+                self._restore_copies(ckpt)
             save_config(self.config, self.run_dir / CONFIG)
             if ckpt is None:
                 self._save(learner, rngs, 0, _Window())
@@ -463,33 +551,36 @@ class Trainer:
             log.info("resuming %s at iteration %d", self.run_dir, ckpt.iteration)
         return _Window.from_state(ckpt.window if ckpt else None)
 
+    def _restore_copies(self, ckpt: Checkpoint) -> None:
+        """Take the best record on, and redo the copies of the checkpoint a stop may have
+        cut off between its writes."""
+        self.best = ckpt.best
+        if not self.keep:
+            return
+        if ckpt.iteration not in kept_checkpoints(self.run_dir):
+            self._copy_checkpoint(f"checkpoint_{ckpt.iteration}.pt")
+        if ckpt.best is not None and ckpt.best.get("iteration") == ckpt.iteration:
+            self._copy_checkpoint(BEST_CHECKPOINT)
+
     def _clear_new_run(self, created: list[Path]) -> None:
         """Remove what a new run wrote into its (new or empty) directory."""
-        for name in (CONFIG, PROGRESS, CHECKPOINT):
+        numbered = [f"checkpoint_{it}.pt" for it in kept_checkpoints(self.run_dir)]
+        for name in (CONFIG, PROGRESS, CHECKPOINT, BEST_CHECKPOINT, *numbered):
             with contextlib.suppress(OSError):
                 (self.run_dir / name).unlink()
         shutil.rmtree(self.run_dir / TENSORBOARD, ignore_errors=True)
         self.checkpoint_iteration = None
-        _remove_dirs(created)
+        remove_dirs(created)
 
     def _loop(self, learner: Learner, rngs: Rngs, loggers: list[Logger], window: _Window) -> None:
         cfg = self.config
-        bar = None
-        mode = self.progress
-        if mode is True:
-            mode = "bar" if sys.stderr.isatty() else "lines"
-        if mode == "bar":
-            bar = ProgressBar(total=cfg.iterations, initial=self.iteration, keys=self.progress_keys)
-            loggers.append(bar)
-        elif mode == "lines":
-            loggers.append(
-                ProgressLines(total=cfg.iterations, initial=self.iteration, keys=self.progress_keys)
-            )
+        bar = self._progress(loggers)
         for done in range(self.iteration + 1, cfg.iterations + 1):
             stats = self._step(learner, rngs, done)
             with deferred_signals():
                 check_finite(done, stats, self.last_good())
                 window.add(stats)
+                self._interval.add(stats)
                 if done % cfg.log_every == 0 or done == cfg.iterations:
                     self._log(loggers, done, window.mean())
                     if done % cfg.log_every == 0:
@@ -499,6 +590,21 @@ class Trainer:
                 self.iteration = done
                 if bar is not None:
                     bar.update()
+
+    def _progress(self, loggers: list[Logger]) -> ProgressBar | None:
+        """Add the progress logger ``progress`` asks for; the bar, if it is one."""
+        mode, total = self.progress, self.config.iterations
+        if mode is True:
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        if mode == "lines":
+            loggers.append(
+                ProgressLines(total=total, initial=self.iteration, keys=self.progress_keys)
+            )
+        if mode != "bar":
+            return None
+        bar = ProgressBar(total=total, initial=self.iteration, keys=self.progress_keys)
+        loggers.append(bar)
+        return bar
 
     def _step(self, learner: Learner, rngs: Rngs, iteration: int) -> dict[str, float]:
         try:
@@ -520,6 +626,9 @@ class Trainer:
             ) from None
 
     def _save(self, learner: Learner, rngs: Rngs, iteration: int, window: _Window) -> None:
+        """Write checkpoint.pt and, with ``checkpoint_keep``, its numbered copy (dropping the
+        oldest beyond ``keep``) and, when it scores best, checkpoint_best.pt."""
+        best = self._score(iteration)
         try:
             save_checkpoint(
                 self.run_dir / CHECKPOINT,
@@ -528,15 +637,51 @@ class Trainer:
                 learner=learner,
                 rngs=rngs,
                 window=window.state(),
+                best=best or self.best,
             )
-        except RunDirError as err:
+            self.checkpoint_iteration = iteration
+            if self.keep:
+                self._copy_checkpoint(f"checkpoint_{iteration}.pt")
+                self._drop_old_checkpoints()
+            if best is not None:
+                self.best = best
+                self._copy_checkpoint(BEST_CHECKPOINT)
+        except (RunDirError, OSError) as err:
             if iteration == 0:
                 raise
+            what = err if isinstance(err, RunDirError) else write_failure(err, self.run_dir) or err
             raise RunDirError(
-                f"iteration {iteration}: {err}; training stopped. The last good checkpoint "
+                f"iteration {iteration}: {what}; training stopped. The last good checkpoint "
                 f"is kept: {self.last_good()}"
             ) from None
-        self.checkpoint_iteration = iteration
+
+    def _score(self, iteration: int) -> dict[str, Any] | None:
+        """The best record if the iterations since the last checkpoint beat the best so far
+        (with ``checkpoint_keep`` and ``best_by``); None otherwise. Starts the next interval."""
+        stats, self._interval = self._interval, _Window()
+        if not self.keep or self.best_by is None or not stats.count:
+            return None
+        key = self.best_by.key
+        value = stats.mean().get(key)
+        if value is None or not self.best_by.better(value, self.best):
+            return None
+        return {"key": key, "value": value, "iteration": iteration}
+
+    def _copy_checkpoint(self, name: str) -> None:
+        """Give checkpoint.pt a second name, atomically (a hard link, else a copy)."""
+        target, source = self.run_dir / name, self.run_dir / CHECKPOINT
+        if target.exists() and target.samefile(source):
+            return  # (a rename onto another link of the same file would do nothing)
+        with replacing(target) as tmp:
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+
+    def _drop_old_checkpoints(self) -> None:
+        for it in kept_checkpoints(self.run_dir)[: -self.keep]:
+            (self.run_dir / f"checkpoint_{it}.pt").unlink(missing_ok=True)
 
     def last_good(self) -> str:
         """The checkpoint on disk, e.g. ``runs/a/checkpoint.pt (iteration 5)``."""

@@ -95,8 +95,9 @@ def _child_setup() -> None:
 
 
 def _start(args: list[str], *, new_session: bool = False) -> subprocess.Popen[str]:
+    """``metarl train ARGS --quiet`` (no progress lines: stderr holds what the stop says)."""
     return subprocess.Popen(
-        [METARL, *args],
+        [METARL, *args, "--quiet"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
