@@ -1,6 +1,7 @@
 """Configs explained from their dataclasses: docs/config.md is current, ``metarl config show``
 loads back and marks what changed, ``metarl --version``, ``python -m metarl``."""
 
+import dataclasses
 import importlib.metadata
 import os
 import re
@@ -29,13 +30,15 @@ def test_docs_config_md_is_current() -> None:
     )
 
 
-def _flat(values: dict[str, object], prefix: str = "") -> dict[str, object]:
+def _flat(config: object, prefix: str = "") -> dict[str, object]:
+    """Dotted key -> value of every field of a config (sections walked, tuples as lists)."""
     out: dict[str, object] = {}
-    for k, v in values.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+    for f in dataclasses.fields(config):  # type: ignore[arg-type]
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_flat(value, f"{prefix}{f.name}."))
         else:
-            out[f"{prefix}{k}"] = v
+            out[f"{prefix}{f.name}"] = list(value) if isinstance(value, tuple) else value
     return out
 
 
@@ -57,7 +60,7 @@ def test_the_reference_lists_every_key_of_every_kind_with_its_kinds_default() ->
     tables = _kind_tables(config_reference())
     assert list(tables) == list(CONFIG_KINDS)
     for kind, cls in CONFIG_KINDS.items():
-        defaults = _flat(config_to_dict(cls()))
+        defaults = _flat(cls())
         assert set(tables[kind]) == set(defaults), kind
         for key, value in defaults.items():
             default = tables[kind][key][1].strip().strip("`")
