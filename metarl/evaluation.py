@@ -119,7 +119,8 @@ def plot_curves(
     xlabel: str = "gradient steps at test time",
 ) -> None:
     """Mean with a 95% band vs gradient steps (integer ticks), one line per method (one panel
-    per ``panel_key``); a note under the figure says what the band is (:func:`band_note`).
+    per ``panel_key``, ``title`` above them); a note under the figure says what the band is
+    (:func:`band_note`).
 
     A method with a single row (step 0 only, e.g. the oracle) is drawn as a horizontal line.
     """
@@ -149,9 +150,11 @@ def plot_curves(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{title}, {panel} {panel_key}".strip(", ") if panel_key else title)
+        ax.set_title(f"{panel} {panel_key}" if panel_key else title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    if panel_key and title:
+        fig.suptitle(title)
     fig.text(0.5, 0.01, band_note(rows), ha="center", va="bottom", fontsize=8, color="0.3")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     save_figure(fig, path)
