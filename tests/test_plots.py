@@ -157,6 +157,6 @@ def test_evaluate_labels_the_sinusoid_panels(tmp_path: Path, figures: list[Any])
     assert [ax.get_title() for ax in fig.axes] == ["5 shots", "10 shots", "20 shots"]
     assert {ax.get_xlabel() for ax in fig.axes} == {"gradient steps at test time"}
     assert {ax.get_ylabel() for ax in fig.axes} == {"query mean squared error"}
-    assert [t.get_text() for t in fig.texts] == [
+    assert [t.get_text() for t in fig.texts if t is not fig._suptitle] == [
         "shaded: 95% confidence interval of the mean over 5 tasks"
     ]
