@@ -56,11 +56,23 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metarl", description=__doc__)
     parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub.add_parser("train", help="train a run from a config"))
+    _evaluate_parser(sub.add_parser("evaluate", help="adaptation curves of a trained run"))
+    _config_parser(sub.add_parser("config", help="explain configs: one resolved, or every key"))
+    plot = sub.add_parser("plot", help="learning curves from the logs of runs")
+    plot.add_argument("run_dirs", nargs="+", type=Path)
+    plot.add_argument("--out", required=True, type=Path, help="figure to write (.png, .pdf, ...)")
+    plot.add_argument(
+        "--keys",
+        default="",
+        help="comma-separated columns of progress.csv, one axis per unit (default: the "
+        "kind's headline statistics)",
+    )
+    return parser
 
-    train = sub.add_parser("train", help="train a run from a config")
-    train.add_argument("config", nargs="?", help="YAML config (default: the built-in one)")
-    train.add_argument("--out", required=True, type=Path, help="run directory")
-    train.add_argument(
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -68,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config key (repeatable)",
     )
+
+
+def _train_parser(train: argparse.ArgumentParser) -> None:
+    train.add_argument("config", nargs="?", help="YAML config (default: the built-in one)")
+    train.add_argument("--out", required=True, type=Path, help="run directory")
+    _add_overrides(train)
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument(
         "--no-progress",
@@ -79,7 +97,8 @@ def _parser() -> argparse.ArgumentParser:
         "--quiet", "-q", action="store_true", help="only warnings and errors on stderr"
     )
 
-    ev = sub.add_parser("evaluate", help="adaptation curves of a trained run")
+
+def _evaluate_parser(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("run_dir", type=Path)
     ev.add_argument(
         "--compare",
@@ -107,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
         "adaptation_best.*, adaptation_N.*",
     )
 
-    config = sub.add_parser("config", help="explain configs: one resolved, or every key")
+
+def _config_parser(config: argparse.ArgumentParser) -> None:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     show = config_sub.add_parser(
         "show",
@@ -117,23 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument(
         "config", nargs="?", help="YAML config or run directory (default: the built-in config)"
     )
-    show.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (repeatable)",
-    )
+    _add_overrides(show)
     config_sub.add_parser(
         "docs", help="every key of every kind as Markdown (docs/config.md is its output)"
     )
-
-    plot = sub.add_parser("plot", help="learning curves from the logs of runs")
-    plot.add_argument("run_dirs", nargs="+", type=Path)
-    plot.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    plot.add_argument("--keys", default="", help="comma-separated columns (default: all)")
-    return parser
 
 
 class Stopped(Exception):

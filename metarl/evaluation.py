@@ -137,16 +137,7 @@ def plot_curves(
         sel = [r for r in rows if panel_key is None or r[panel_key] == panel]
         for method in dict.fromkeys(r["method"] for r in sel):
             color = colors[methods.index(method) % len(colors)]
-            pts = sorted((r for r in sel if r["method"] == method), key=lambda r: int(r["step"]))
-            x = np.array([int(r["step"]) for r in pts])
-            y = np.array([float(r[f"mean_{metric}"]) for r in pts])
-            ci = np.array([float(r[f"ci95_{metric}"]) for r in pts])
-            if len(pts) == 1:
-                ax.axhline(y[0], ls="--", color=color, label=f"{method} (no adaptation)")
-                ax.axhspan(y[0] - ci[0], y[0] + ci[0], alpha=0.1, color=color)
-                continue
-            ax.plot(x, y, marker="o", ms=3, color=color, label=method)
-            ax.fill_between(x, y - ci, y + ci, alpha=0.2, color=color)
+            _draw_curve(ax, [r for r in sel if r["method"] == method], metric, color)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -158,6 +149,21 @@ def plot_curves(
     fig.text(0.5, 0.01, band_note(rows), ha="center", va="bottom", fontsize=8, color="0.3")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     save_figure(fig, path)
+
+
+def _draw_curve(ax: Any, rows: Sequence[Mapping[str, Any]], metric: str, color: str) -> None:
+    """One method's mean and 95% band; a single row (the oracle) as a horizontal line."""
+    pts = sorted(rows, key=lambda r: int(r["step"]))
+    method = pts[0]["method"]
+    x = np.array([int(r["step"]) for r in pts])
+    y = np.array([float(r[f"mean_{metric}"]) for r in pts])
+    ci = np.array([float(r[f"ci95_{metric}"]) for r in pts])
+    if len(pts) == 1:
+        ax.axhline(y[0], ls="--", color=color, label=f"{method} (no adaptation)")
+        ax.axhspan(y[0] - ci[0], y[0] + ci[0], alpha=0.1, color=color)
+        return
+    ax.plot(x, y, marker="o", ms=3, color=color, label=method)
+    ax.fill_between(x, y - ci, y + ci, alpha=0.2, color=color)
 
 
 # --------------------------------------------------------------------------- learning curves
