@@ -3,7 +3,7 @@ the accuracy of those products; and the HalfCheetahVel sampling rate.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/maml_trpo_speed.py [--iters 3]
         [--methods finite_difference exact gauss_newton] [--skip-cheetah] [--skip-accuracy]
-        [--cheetah-backends processes ray]
+        [--cheetah-backends processes ray] [--paths accelerated generic]
         [--tune-malloc] [--hvp-subsample 1.0 0.1] [--learner-threads 1 2]
 
 1. Navigation2D, 20 tasks x 20 episodes x horizon 100 (40,000 train and 40,000 valid steps),
@@ -14,7 +14,11 @@ the accuracy of those products; and the HalfCheetahVel sampling rate.
    ``--hvp-subsample 1.0 0.1`` also times each method with the products on 10% of the tasks
    (``trpo.hvp_subsample``; the gradient and the line search still use all), and
    ``--learner-threads 1 2`` with one and two torch threads for the adaptation and the outer
-   step (``learner_threads``; sampling keeps one).
+   step (``learner_threads``; sampling keeps one). ``--paths generic`` forces the generic
+   ``torch.func`` path (``trpo.accelerator=false``; keys ``.../generic``); ``--paths
+   accelerated generic`` runs both learners in the same process, their iterations
+   interleaved (on a loaded machine, the fair comparison), and prints the ratio of their
+   medians. Only ``gauss_newton`` has an accelerated path.
 2. Accuracy on real Navigation2D meta-batches (``--accuracy-at``: after that many training
    iterations; 0 is the initialisation, the hardest case for finite differences): each
    method's product against exact double backprop at theta_old, on the gradient (the first
@@ -57,7 +61,8 @@ import torch
 from torch import Tensor
 
 from metarl.config import load_config
-from metarl.maml_rl import MetaBatch, MetaDerivatives, adapt_tasks, adapted_stats, meta_kl
+from metarl.maml_rl import MetaBatch, MetaObjective, TaskAdaptation, adapt_meta_batch
+from metarl.mlp_accelerator import gauss_newton_product
 from metarl.rl import MAMLTRPOLearner, make_policy, task_env
 from metarl.rngs import Rngs
 from metarl.sampler import make_env, make_sampler
@@ -84,32 +89,45 @@ def peak_rss_mb() -> float:
 
 
 def time_method(
-    hvp: str, iters: int, seed: int, subsample: float = 1.0, threads: int = 1
-) -> dict[str, float]:
+    hvp: str, iters: int, seed: int, subsample: float = 1.0, threads: int = 1,
+    paths: tuple[str, ...] = ("accelerated",),
+) -> dict[str, float]:  # fmt: skip
     """Median seconds per meta-iteration (and its parts) of ``iters`` iterations after one
     warm-up iteration, training with ``trpo.hvp=hvp`` (and ``trpo.hvp_subsample``, keys
-    ``hvp@subsample`` when below 1; ``learner_threads``, keys ``.../threads=N`` when above 1)."""
-    overrides = [f"trpo.hvp={hvp}", f"trpo.hvp_subsample={subsample}", f"seed={seed}"]
-    config = load_config(None, [*NAV, *overrides, f"learner_threads={threads}"])
+    ``hvp@subsample`` when below 1; ``learner_threads``, keys ``.../threads=N`` when above 1),
+    on each of ``paths`` (keys ``.../generic`` for the generic one), their learners' iterations
+    interleaved."""
     name = hvp if subsample == 1.0 else f"{hvp}@{subsample:g}"
     name = name if threads == 1 else f"{name}/threads={threads}"
-    rngs = Rngs.from_seed(seed)
-    learner = MAMLTRPOLearner(config, rngs)
-    runs: list[dict[str, float]] = []
+    learners: dict[str, tuple[MAMLTRPOLearner, Rngs]] = {}
+    runs: dict[str, list[dict[str, float]]] = {}
+    for path in paths:
+        overrides = [f"trpo.hvp={hvp}", f"trpo.hvp_subsample={subsample}", f"seed={seed}"]
+        overrides += [f"learner_threads={threads}", f"trpo.accelerator={path == 'accelerated'}"]
+        key = name if path == "accelerated" else f"{name}/generic"
+        rngs = Rngs.from_seed(seed)
+        learners[key] = (MAMLTRPOLearner(load_config(None, [*NAV, *overrides]), rngs), rngs)
+        runs[key] = []
     try:
         for i in range(iters + 1):
-            wall, cpu = time.perf_counter(), time.process_time()
-            stats = learner.step(rngs)
-            stats["time/total_s"] = time.perf_counter() - wall
-            stats["time/cpu_s"] = time.process_time() - cpu
-            if i > 0:
-                runs.append(stats)
+            for key, (learner, rngs) in learners.items():
+                wall, cpu = time.perf_counter(), time.process_time()
+                stats = learner.step(rngs)
+                stats["time/total_s"] = time.perf_counter() - wall
+                stats["time/cpu_s"] = time.process_time() - cpu
+                if i > 0:
+                    runs[key].append(stats)
     finally:
-        learner.close()
-    keys = ("sample_s", "adapt_s", "trpo_s", "total_s", "cpu_s")
-    out = {f"{name}/{k}": statistics.median(r[f"time/{k}"] for r in runs) for k in keys}
-    out[f"{name}/backtracks"] = statistics.median(r["trpo/backtracks"] for r in runs)
-    out[f"{name}/accepted"] = sum(r["trpo/step_accepted"] for r in runs) / len(runs)
+        for learner, _ in learners.values():
+            learner.close()
+    out: dict[str, float] = {}
+    for key, rows in runs.items():
+        for k in ("sample_s", "adapt_s", "trpo_s", "total_s", "cpu_s"):
+            out[f"{key}/{k}"] = statistics.median(r[f"time/{k}"] for r in rows)
+        out[f"{key}/backtracks"] = statistics.median(r["trpo/backtracks"] for r in rows)
+        out[f"{key}/accepted"] = sum(r["trpo/step_accepted"] for r in rows) / len(rows)
+    if len(runs) == 2:
+        out[f"{name}/speedup_total"] = out[f"{name}/generic/total_s"] / out[f"{name}/total_s"]
     out[f"{name}/peak_rss_mb"] = peak_rss_mb()
     return out
 
@@ -117,7 +135,7 @@ def time_method(
 # ---------------------------------------------------------------------- 2. accuracy
 
 
-def meta_batch(learner: MAMLTRPOLearner, rngs: Rngs) -> MetaBatch:
+def meta_batch(learner: MAMLTRPOLearner, rngs: Rngs) -> tuple[MetaBatch, TaskAdaptation]:
     """One meta-batch sampled as ``MAMLTRPOLearner.step`` samples it, at its weights."""
     config = learner.config
     tasks = learner.tasks.sample_tasks(config.meta_batch_size, rngs.numpy)
@@ -125,11 +143,13 @@ def meta_batch(learner: MAMLTRPOLearner, rngs: Rngs) -> MetaBatch:
     policy, params, sampler = learner.policy, learner.params, learner.sampler
     train = sampler.sample(policy, params, tasks, generator=rngs.torch, seed=int(seeds[0]))
     train_adv = learner.advantages(train)
-    adapted = adapt_tasks(policy, params, train, train_adv, learner.inner)
+    adaptation = adapt_meta_batch(policy, params, train, train_adv, learner.inner)
     valid = sampler.sample(
-        policy, adapted, tasks, generator=rngs.torch, seed=int(seeds[1]), per_task_params=True
-    )
-    return MetaBatch(train, train_adv, valid, learner.advantages(valid), learner.inner)
+        policy, adaptation.params, tasks, generator=rngs.torch, seed=int(seeds[1]),
+        per_task_params=True,
+    )  # fmt: skip
+    batch = MetaBatch(train, train_adv, valid, learner.advantages(valid), learner.inner)
+    return batch, adaptation
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
@@ -155,14 +175,15 @@ def accuracy_at(iteration: int, fd_eps: list[float], seed: int) -> dict[str, flo
     try:
         for _ in range(iteration):
             learner.step(rngs)
-        batch = meta_batch(learner, rngs)
+        batch, adaptation = meta_batch(learner, rngs)
     finally:
         learner.close()
-    policy, theta, damping = learner.policy, learner.params, config.trpo.damping
-    old = adapted_stats(policy, theta, batch)
-    exact_fn = exact_hvp_closure(lambda p: meta_kl(policy, p, batch, old), theta, damping=damping)
-    fast = MetaDerivatives(policy, theta, batch, gauss_newton=True)
-    g = fast.loss_and_grad(theta)[1]
+    policy, theta, damping = learner.policy, adaptation.theta, config.trpo.damping
+    objective = MetaObjective(policy, batch, adaptation)
+    exact_fn = exact_hvp_closure(objective.kl, theta, damping=damping)
+    accelerated = gauss_newton_product(policy, objective)
+    assert accelerated is not None
+    g = objective.loss_and_grad(theta)[1]
     vectors: list[Tensor] = []
     exact: list[Tensor] = []
 
@@ -173,11 +194,12 @@ def accuracy_at(iteration: int, fd_eps: list[float], seed: int) -> dict[str, flo
 
     x_exact = conjugate_gradient(record, g, iters=config.trpo.cg_iters)
     methods: dict[str, Callable[[Tensor], Tensor]] = {
-        "gauss_newton": lambda v: fast.gauss_newton_hvp(v) + damping * v
+        "gauss_newton": lambda v: accelerated(v) + damping * v,
+        "gauss_newton/generic": lambda v: objective.gauss_newton_hvp(v) + damping * v,
     }
     for eps in fd_eps:
         methods[f"finite_difference@{eps:g}"] = functools.partial(
-            hvp_finite_difference, fast.kl_grad, theta, base_eps=eps, damping=damping
+            hvp_finite_difference, objective.kl_grad, theta, base_eps=eps, damping=damping
         )
     out: dict[str, float] = {}
     for name, fn in methods.items():
@@ -269,6 +291,10 @@ def main() -> None:
     parser.add_argument(
         "--learner-threads", type=int, nargs="*", default=[1], help="learner_threads values"
     )
+    parser.add_argument(
+        "--paths", nargs="*", default=["accelerated"], choices=["accelerated", "generic"],
+        help="generic: trpo.accelerator=false; both: interleaved in one process",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.tune_malloc:
@@ -278,7 +304,8 @@ def main() -> None:
     for hvp in args.methods:  # gauss_newton's peak memory first would need its own process
         for frac in args.hvp_subsample:
             for threads in args.learner_threads:
-                got = time_method(hvp, args.iters, args.seed, frac, threads)
+                paths = tuple(args.paths) if hvp == "gauss_newton" else ("accelerated",)
+                got = time_method(hvp, args.iters, args.seed, frac, threads, paths)
                 figures.update(got)
                 report(got)
     if not args.skip_accuracy:

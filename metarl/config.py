@@ -196,14 +196,26 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """The Gaussian MLP policy (the paper's: two hidden layers of 100 ReLU units)."""
+    """The policy: a network and a distribution head (Gaussian with a learned,
+    state-independent log-std for Box actions; categorical for Discrete ones). By default the
+    network is the paper's MLP: two hidden layers of 100 ReLU units."""
 
     hidden_sizes: tuple[int, ...] = bounded((100, 100), ge=1)
-    """Width of each hidden layer."""
+    """Width of each hidden layer of the default MLP (unused with ``network``)."""
     activation: Literal["relu", "tanh"] = "relu"
-    """Nonlinearity after each hidden layer."""
+    """Nonlinearity after each hidden layer of the default MLP (unused with ``network``)."""
     init_log_std: float = 0.0
     """Initial log standard deviation of the actions (state-independent, learned)."""
+    network: str | None = None
+    """Your own network instead of the MLP: ``"module:function"``, a factory called as
+    ``function(obs_dim, out_dim, **network_kwargs)`` that returns a ``torch.nn.Module``
+    mapping observations ``[..., obs_dim]`` to the head's inputs ``[..., out_dim]`` (the action
+    means, or the logits). The module is found on the Python path (the metarl command adds the
+    working directory); it is applied with ``torch.func.functional_call`` and ``vmap``, so it
+    must be pure in its inputs and keep its weights in parameters. Its initial weights are its
+    own initialisation, run under a seed from the run's seed. null: the default MLP."""
+    network_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the ``network`` factory (a mapping, e.g. ``{width: 64}``)."""
 
 
 @dataclass(frozen=True)
@@ -232,9 +244,15 @@ class TRPOConfig:
     hvp_subsample: float = bounded(1.0, gt=0.0, le=1.0)
     """Fraction of every task's episodes (at least one) whose KL curvature the Hessian-vector
     products use, as rllab's subsample_factor (the TRPO paper used 10% of the data): with MAML
-    each task is adapted on that share of its train episodes and its KL taken on that share of
-    its valid episodes. 1.0, the paper's, uses all. The gradient and the line search's KL
-    check always use every episode."""
+    the KL is taken on that share of every task's valid episodes, each task still adapted on
+    all its train episodes (so the adaptation is exact). 1.0, the paper's, uses all. The
+    gradient and the line search's KL check always use every episode, and the step length
+    comes from the KL on all of them."""
+    accelerator: bool = True
+    """true (auto): with hvp gauss_newton and the default MLP policy the products come from
+    hand-derived MLP calculus (metarl.mlp_accelerator, measured faster per iteration: see its
+    SPEEDUP), other networks and methods from the generic torch.func path; false (or off):
+    always the generic path."""
 
 
 @dataclass(frozen=True)
@@ -459,7 +477,7 @@ def _type_name(tp: Any) -> str:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"a list of {_type_name(args[0])}"
         return f"a list of {len(args)} values ({', '.join(_type_name(a) for a in args)})"
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) or origin is dict:
         return "a mapping"
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
         tp, str(tp)
@@ -490,6 +508,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         return value
     if origin is tuple:
         return _coerce_tuple(key, value, tp)
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise _bad(key, value, "a mapping of names to values")
+        return dict(value)
     return _coerce_scalar(key, value, tp)
 
 

@@ -26,7 +26,7 @@ import torch
 
 from metarl.episodes import EpisodeBatch, concat_tasks
 from metarl.errors import SamplerError
-from metarl.policies import MLPPolicy, Params, PolicySpec
+from metarl.policies import Params, Policy, PolicySpec
 from metarl.sampler import EpisodeSampler, RolloutDraws, Sampler
 from metarl.vector import shard_bounds
 
@@ -179,7 +179,7 @@ class RaySampler(EpisodeSampler):
             meta_batch_tasks=self.num_tasks,
         )
 
-    def _ensure_actors(self, policy: MLPPolicy) -> None:
+    def _ensure_actors(self, policy: Policy) -> None:
         spec = policy.spec()
         if spec == self._spec and self._actors:
             return
@@ -212,7 +212,7 @@ class RaySampler(EpisodeSampler):
 
     def rollout(
         self,
-        policy: MLPPolicy,
+        policy: Policy,
         params: Params,
         tasks: Sequence[Any],
         draws: RolloutDraws,

@@ -16,50 +16,76 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.config import RLConfig, RLEvalConfig
+from metarl.config import ConfigError, RLConfig, RLEvalConfig
 from metarl.episodes import EpisodeBatch, episode_columns, split_tasks
 from metarl.evaluation import curve_rows
 from metarl.maml_rl import (
     InnerLoop,
     MetaBatch,
-    TRPOSettings,
+    adapt_meta_batch,
     adapt_policy,
-    adapt_train,
     compute_advantages,
+    curvature_episodes,
     masked_mean,
     meta_trpo_step,
     surrogate_loss,
 )
-from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, MLPPolicy, Params
+from metarl.policies import (
+    CategoricalHead,
+    GaussianHead,
+    Head,
+    NetworkSpec,
+    Params,
+    Policy,
+    PolicySpec,
+)
 from metarl.rngs import Rngs
 from metarl.sampler import EpisodeSampler, make_env, make_sampler
 from metarl.tasks import TaskEnv
 from metarl.trpo import trpo_step
 
 
-def make_policy(config: RLConfig, env: gym.Env[Any, Any]) -> MLPPolicy:
-    """The policy for ``env``'s spaces: Gaussian for Box actions, categorical for Discrete."""
+def make_policy(config: RLConfig, env: gym.Env[Any, Any]) -> Policy:
+    """The policy for ``env``'s spaces: Gaussian for Box actions, categorical for Discrete;
+    on ``policy.network`` or the default MLP. A network that cannot be built, or whose output
+    does not fit the head, is a :class:`ConfigError` naming ``policy.network``."""
     obs_space, act_space = env.observation_space, env.action_space
     if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
         raise ValueError(f"{config.env.id}: observations must be a flat Box, got {obs_space}")
-    obs_dim = int(obs_space.shape[0])
     p = config.policy
+    head: Head
     if isinstance(act_space, gym.spaces.Discrete):
-        return CategoricalMLPPolicy(
-            obs_dim=obs_dim,
-            num_actions=int(act_space.n),
-            hidden_sizes=p.hidden_sizes,
-            activation=p.activation,
+        head = CategoricalHead(num_actions=int(act_space.n))
+    elif isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
+        head = GaussianHead(act_dim=int(act_space.shape[0]), init_log_std=p.init_log_std)
+    else:
+        raise ValueError(f"{config.env.id}: unsupported action space {act_space}")
+    network = NetworkSpec(
+        hidden_sizes=p.hidden_sizes, activation=p.activation, factory=p.network,
+        kwargs=dict(p.network_kwargs),
+    )  # fmt: skip
+    spec = PolicySpec(obs_dim=int(obs_space.shape[0]), head=head, network=network)
+    if p.network is None:
+        return spec.build()
+    return _user_policy(spec)
+
+
+def _user_policy(spec: PolicySpec) -> Policy:
+    """``spec.build()`` for a user network, checked on a batch of observations."""
+    key = f"config key 'policy.network' ({spec.network.factory!r})"
+    try:
+        policy = spec.build()
+        out = policy.network_output(policy.params(), torch.zeros(3, spec.obs_dim))
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err}") from None
+    except Exception as err:  # a user's factory or module that fails
+        raise ConfigError(f"{key}: {type(err).__name__}: {err}") from None
+    if tuple(out.shape) != (3, spec.head.out_dim):
+        raise ConfigError(
+            f"{key}: the network maps observations [3, {spec.obs_dim}] to "
+            f"{list(out.shape)}; the policy head needs [3, {spec.head.out_dim}]"
         )
-    if isinstance(act_space, gym.spaces.Box) and len(act_space.shape) == 1:
-        return GaussianMLPPolicy(
-            obs_dim=obs_dim,
-            act_dim=int(act_space.shape[0]),
-            hidden_sizes=p.hidden_sizes,
-            activation=p.activation,
-            init_log_std=p.init_log_std,
-        )
-    raise ValueError(f"{config.env.id}: unsupported action space {act_space}")
+    return policy
 
 
 def task_env(env: gym.Env[Any, Any], env_id: str) -> TaskEnv:
@@ -89,20 +115,6 @@ def torch_threads(n: int) -> Iterator[None]:
 def inner_loop(config: RLConfig) -> InnerLoop:
     i = config.inner
     return InnerLoop(steps=i.steps, lr=i.lr, first_order=i.first_order)
-
-
-def trpo_settings(config: RLConfig) -> TRPOSettings:
-    t = config.trpo
-    return TRPOSettings(
-        max_kl=t.max_kl,
-        damping=t.damping,
-        cg_iters=t.cg_iters,
-        hvp=t.hvp,
-        fd_base_eps=t.fd_base_eps,
-        backtrack_ratio=t.backtrack_ratio,
-        max_backtracks=t.max_backtracks,
-        hvp_subsample=t.hvp_subsample,
-    )
 
 
 def advantages_of(config: RLConfig, episodes: EpisodeBatch) -> torch.Tensor:
@@ -140,7 +152,6 @@ class PolicyLearner:
             oracle=oracle,
             normalize_actions=config.env.normalize_actions,
         )
-        self.trpo = trpo_settings(config)
 
     def advantages(self, episodes: EpisodeBatch) -> torch.Tensor:
         return advantages_of(self.config, episodes)
@@ -194,8 +205,7 @@ class TRPOLearner(PolicyLearner):
         def kl_fn(p: Params) -> torch.Tensor:
             return masked_mean(self.policy.kl(old, p, batch.observations), batch.mask)
 
-        t = self.trpo
-        e = t.curvature_episodes(batch.episodes_per_task)  # the products' share of each task
+        e = curvature_episodes(self.config.trpo.hvp_subsample, batch.episodes_per_task)
         cols = episode_columns(batch.num_tasks, batch.episodes_per_task, e)
         sub_old = {name: x[:, cols] for name, x in old.items()}
         sub_obs, sub_mask = batch.observations[:, cols], batch.mask[:, cols]
@@ -205,9 +215,7 @@ class TRPOLearner(PolicyLearner):
 
         with torch_threads(self.config.learner_threads):
             self.params, stats = trpo_step(
-                self.params, loss_fn, kl_fn, max_kl=t.max_kl, damping=t.damping,
-                cg_iters=t.cg_iters, hvp=t.hvp, fd_base_eps=t.fd_base_eps,
-                backtrack_ratio=t.backtrack_ratio, max_backtracks=t.max_backtracks,
+                self.params, loss_fn, kl_fn, self.config.trpo,
                 curvature_kl_fn=curvature_kl_fn if e < batch.episodes_per_task else None,
             )  # fmt: skip
         return {
@@ -234,7 +242,7 @@ class MAMLTRPOLearner(PolicyLearner):
         clock = time.perf_counter()
         train_adv = self.advantages(train)
         with torch_threads(self.config.learner_threads):
-            adaptation = adapt_train(self.policy, self.params, train, train_adv, self.inner)
+            adaptation = adapt_meta_batch(self.policy, self.params, train, train_adv, self.inner)
         t_adapt = time.perf_counter() - clock
         clock = time.perf_counter()
         valid = self.sampler.sample(
@@ -256,7 +264,7 @@ class MAMLTRPOLearner(PolicyLearner):
         )
         with torch_threads(self.config.learner_threads):
             self.params, trpo_stats = meta_trpo_step(
-                self.policy, self.params, batch, self.trpo, adaptation=adaptation
+                self.policy, self.params, batch, self.config.trpo, adaptation=adaptation
             )
         t_trpo = time.perf_counter() - clock
         return {
@@ -298,7 +306,7 @@ def step_lrs(eval_cfg: RLEvalConfig, train_lr: float) -> list[float]:
 
 
 def _adapt_each(
-    policy: MLPPolicy, params: Params, episodes: EpisodeBatch, advantages: torch.Tensor, lr: float
+    policy: Policy, params: Params, episodes: EpisodeBatch, advantages: torch.Tensor, lr: float
 ) -> Params:
     """One VPG step per task from per-task weights ``[K, ...]`` (no meta-graph kept)."""
     fn = functools.partial(adapt_policy, policy, steps=1, lr=lr, first_order=True)

@@ -36,7 +36,7 @@ from envs.normalize import normalize_vector_actions
 from envs.oracle import OracleEnv
 from metarl.config import SamplerConfig
 from metarl.episodes import EpisodeBatch
-from metarl.policies import MLPPolicy, Params
+from metarl.policies import Params, Policy
 from metarl.vector import ShardedVectorEnv, ShardFn, serial_shards
 
 Backend = Literal["local", "processes"]
@@ -179,7 +179,7 @@ class EpisodeSampler:
 
     def sample(
         self,
-        policy: MLPPolicy,
+        policy: Policy,
         params: Params,
         tasks: Sequence[Any],
         *,
@@ -200,7 +200,7 @@ class EpisodeSampler:
 
     def rollout(
         self,
-        policy: MLPPolicy,
+        policy: Policy,
         params: Params,
         tasks: Sequence[Any],
         draws: RolloutDraws,
@@ -263,7 +263,7 @@ def make_sampler(
 class RolloutDraws:
     """All the randomness of one :meth:`Sampler.sample` call, drawn before any env steps:
     a reset seed per sub-env and the action noise of every step (``[horizon, num_envs, ...]``,
-    from :meth:`MLPPolicy.draw_noise`). Sub-env ``n`` uses ``reset_seeds[n]`` and
+    from :meth:`Policy.draw_noise`). Sub-env ``n`` uses ``reset_seeds[n]`` and
     ``noise[:, n]`` whoever steps it, so every split of the sub-envs gives the same episodes."""
 
     reset_seeds: tuple[int, ...]
@@ -271,7 +271,7 @@ class RolloutDraws:
 
     @staticmethod
     def draw(
-        policy: MLPPolicy, num_envs: int, horizon: int, generator: torch.Generator, seed: int
+        policy: Policy, num_envs: int, horizon: int, generator: torch.Generator, seed: int
     ) -> RolloutDraws:
         seeds = np.random.SeedSequence(seed).generate_state(num_envs).tolist()
         return RolloutDraws(
@@ -382,7 +382,7 @@ class Sampler(EpisodeSampler):
 
     def rollout(
         self,
-        policy: MLPPolicy,
+        policy: Policy,
         params: Params,
         tasks: Sequence[Any],
         draws: RolloutDraws,
@@ -421,7 +421,7 @@ class Sampler(EpisodeSampler):
         return full
 
     def _act(
-        self, policy: MLPPolicy, params: Params, obs: np.ndarray, noise: Tensor, per_task: bool
+        self, policy: Policy, params: Params, obs: np.ndarray, noise: Tensor, per_task: bool
     ) -> tuple[Tensor, Tensor]:
         """One policy call of the meta-batch's shape, this sampler's rows at their place."""
         k, e = self.meta_batch_tasks, self.episodes_per_task
@@ -439,7 +439,7 @@ class Sampler(EpisodeSampler):
 
     def _rollout(
         self,
-        policy: MLPPolicy,
+        policy: Policy,
         params: Params,
         obs: np.ndarray,
         noise: Tensor,

@@ -8,8 +8,9 @@ finite differences of KL gradients (rllab's ``FiniteDifferenceHvp``, as in the M
 exactly by double backpropagation, or as a Gauss-Newton product ``J^T F J v`` supplied by the
 caller (exact at the old weights, where the KL's gradient in the policy outputs vanishes).
 
-Callers with faster routines than autograd on ``loss_fn`` / ``kl_fn`` (e.g. the task-batched
-meta-derivatives of :mod:`metarl.maml_rl`) hand them over as :class:`Derivatives`.
+Callers with faster routines than autograd on ``loss_fn`` / ``kl_fn`` (e.g. the
+meta-derivatives of :class:`metarl.maml_rl.MetaObjective`) hand them over as
+:class:`Derivatives`. The settings are the config's :class:`~metarl.config.TRPOConfig` itself.
 
 Nothing here logs; :func:`trpo_step` returns a :class:`TRPOStats`.
 """
@@ -23,6 +24,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+
+from metarl.config import TRPOConfig
 
 Params = dict[str, Tensor]
 ScalarFn = Callable[[Params], Tensor]
@@ -286,19 +289,15 @@ def trpo_step(
     params: Params,
     loss_fn: ScalarFn,
     kl_fn: ScalarFn,
+    config: TRPOConfig | None = None,
     *,
-    max_kl: float = 0.01,
-    damping: float = 1e-5,
-    cg_iters: int = 10,
-    hvp: HVPMethod = "finite_difference",
-    fd_base_eps: float = DEFAULT_FD_BASE_EPS,
-    backtrack_ratio: float = 0.8,
-    max_backtracks: int = 15,
     loss_kl_fn: LossKLFn | None = None,
     derivatives: Derivatives | None = None,
     curvature_kl_fn: ScalarFn | None = None,
 ) -> tuple[Params, TRPOStats]:
-    """One TRPO update of ``params`` minimising ``loss_fn`` subject to ``kl_fn <= max_kl``.
+    """One TRPO update of ``params`` minimising ``loss_fn`` subject to ``kl_fn <= max_kl``,
+    with the settings of ``config`` (:class:`metarl.config.TRPOConfig`, defaults when None;
+    ``hvp_subsample`` and ``accelerator`` are its callers' business).
 
     ``kl_fn(theta)`` must be ``KL(pi_old || pi_theta)`` with ``pi_old`` fixed at ``params``.
     ``loss_kl_fn``, if given, returns ``(loss, kl)`` together (sharing work) for the line
@@ -313,19 +312,20 @@ def trpo_step(
     large). Returns new weights
     (detached, or the old dict itself if the step was rejected) and :class:`TRPOStats`.
     """
-    _check_trpo_args(max_kl, damping, cg_iters, backtrack_ratio, max_backtracks)
+    c = config or TRPOConfig()
+    _check_trpo_args(c)
     d = derivatives or Derivatives()
     loss, g = d.loss_grad(params) if d.loss_grad is not None else flat_grad(loss_fn, params)
     pre = _Direction(float(loss.detach()), float(g.norm()), 0.0, 0.0, math.nan, 0)
     if not (math.isfinite(pre.loss_before) and math.isfinite(pre.grad_norm)) or pre.grad_norm == 0:
         return params, _stats(pre, None)
     hvp_fn = make_hvp(
-        curvature_kl_fn or kl_fn, params, method=hvp, base_eps=fd_base_eps, damping=damping,
-        derivatives=d,
+        curvature_kl_fn or kl_fn, params, method=c.hvp, base_eps=c.fd_base_eps,
+        damping=c.damping, derivatives=d,
     )  # fmt: skip
-    x, r, products = _cg(hvp_fn, g.detach(), cg_iters, 1e-10)
+    x, r, products = _cg(hvp_fn, g.detach(), c.cg_iters, 1e-10)
     quad = float(x @ (g - r))  # x^T H x, with H x = g - r tracked by CG
-    beta = math.sqrt(2.0 * max_kl / (quad + 1e-8)) if math.isfinite(quad) and quad > 0 else 0.0
+    beta = math.sqrt(2.0 * c.max_kl / (quad + 1e-8)) if math.isfinite(quad) and quad > 0 else 0.0
     found = _Direction(
         pre.loss_before, pre.grad_norm, beta, float(x.norm()), float(r.norm()), products
     )
@@ -333,12 +333,12 @@ def trpo_step(
         return params, _stats(found, None)
     both = loss_kl_fn or (lambda p: (loss_fn(p), kl_fn(p)))
     if curvature_kl_fn is not None:  # step length from the full KL along the direction
-        rescale = _kl_rescale(params, beta * x, both, max_kl)
+        rescale = _kl_rescale(params, beta * x, both, c.max_kl)
         beta *= rescale
         found = replace(found, beta=beta, rescale=rescale)
     ls = backtracking_line_search(
-        params, beta * x, both, loss_before=pre.loss_before, max_kl=max_kl,
-        backtrack_ratio=backtrack_ratio, max_backtracks=max_backtracks,
+        params, beta * x, both, loss_before=pre.loss_before, max_kl=c.max_kl,
+        backtrack_ratio=c.backtrack_ratio, max_backtracks=c.max_backtracks,
     )  # fmt: skip
     if not ls.accepted:
         return params, _stats(found, ls)
@@ -389,17 +389,16 @@ def _stats(d: _Direction, ls: LineSearchResult | None) -> TRPOStats:
     )
 
 
-def _check_trpo_args(
-    max_kl: float, damping: float, cg_iters: int, backtrack_ratio: float, max_backtracks: int
-) -> None:
-    """Clear errors for out-of-range TRPO settings."""
-    if not max_kl > 0.0:
-        raise ValueError(f"trpo: max_kl must be > 0, got {max_kl}")
-    if damping < 0.0:
-        raise ValueError(f"trpo: damping must be >= 0, got {damping}")
-    if cg_iters < 1:
-        raise ValueError(f"trpo: cg_iters must be >= 1, got {cg_iters}")
-    if not 0.0 < backtrack_ratio < 1.0:
-        raise ValueError(f"trpo: backtrack_ratio must lie in (0, 1), got {backtrack_ratio}")
-    if max_backtracks < 1:
-        raise ValueError(f"trpo: max_backtracks must be >= 1, got {max_backtracks}")
+def _check_trpo_args(c: TRPOConfig) -> None:
+    """Clear errors for out-of-range TRPO settings (a config built in Python skips the
+    checks of loading)."""
+    if not c.max_kl > 0.0:
+        raise ValueError(f"trpo: max_kl must be > 0, got {c.max_kl}")
+    if c.damping < 0.0:
+        raise ValueError(f"trpo: damping must be >= 0, got {c.damping}")
+    if c.cg_iters < 1:
+        raise ValueError(f"trpo: cg_iters must be >= 1, got {c.cg_iters}")
+    if not 0.0 < c.backtrack_ratio < 1.0:
+        raise ValueError(f"trpo: backtrack_ratio must lie in (0, 1), got {c.backtrack_ratio}")
+    if c.max_backtracks < 1:
+        raise ValueError(f"trpo: max_backtracks must be >= 1, got {c.max_backtracks}")

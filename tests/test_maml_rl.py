@@ -9,17 +9,18 @@ import pytest
 import torch
 from torch import Tensor
 
+from metarl.config import TRPOConfig
 from metarl.episodes import EpisodeBatch
 from metarl.maml_rl import (
     InnerLoop,
     MetaBatch,
-    MetaDerivatives,
-    TRPOSettings,
+    MetaObjective,
+    adapt_meta_batch,
     adapt_policy,
     adapt_tasks,
-    adapt_train,
     adapted_stats,
     compute_advantages,
+    curvature_episodes,
     meta_kl,
     meta_surrogate,
     meta_surrogate_and_kl,
@@ -28,7 +29,7 @@ from metarl.maml_rl import (
     surrogate_loss,
     vpg_loss,
 )
-from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, MLPPolicy, Params
+from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, Params, Policy
 from metarl.trpo import (
     flat_grad,
     flatten_params,
@@ -41,7 +42,7 @@ D = torch.float64
 
 
 def rollout(
-    policy: MLPPolicy,
+    policy: Policy,
     params: Params,
     goals: Tensor,
     per_task: int,
@@ -86,14 +87,14 @@ def rollout(
     )
 
 
-def small_policy() -> GaussianMLPPolicy:
+def small_policy() -> Policy:
     return GaussianMLPPolicy(
         obs_dim=2, act_dim=2, hidden_sizes=(8, 8), activation="tanh", init_log_std=-0.5
     )
 
 
 def make_meta_batch(
-    policy: MLPPolicy, theta: Params, inner: InnerLoop, seed: int = 0, num_tasks: int = 3
+    policy: Policy, theta: Params, inner: InnerLoop, seed: int = 0, num_tasks: int = 3
 ) -> MetaBatch:
     gen = torch.Generator().manual_seed(seed)
     dtype = theta["log_std"].dtype
@@ -114,7 +115,7 @@ def perturbed(params: Params, seed: int, scale: float = 0.05) -> Params:
 
 
 @pytest.fixture(scope="module")
-def setup64() -> tuple[GaussianMLPPolicy, Params, MetaBatch]:
+def setup64() -> tuple[Policy, Params, MetaBatch]:
     pol = small_policy()
     theta = pol.init_params(torch.Generator().manual_seed(0), dtype=D)
     return pol, theta, make_meta_batch(pol, theta, InnerLoop())
@@ -130,7 +131,7 @@ def with_inner(batch: MetaBatch, inner: InnerLoop) -> MetaBatch:
 
 
 def test_vpg_and_surrogate_losses_by_loop(
-    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch],
+    setup64: tuple[Policy, Params, MetaBatch],
 ) -> None:
     pol, theta, batch = setup64
     ep, adv = batch.valid.task(1), batch.valid_advantages[:, 4:8]
@@ -170,7 +171,7 @@ def test_normalize_advantages_per_task_on_masked_steps() -> None:
 
 
 def loop_objectives(
-    pol: MLPPolicy, params: Params, batch: MetaBatch, old: dict[str, Tensor]
+    pol: Policy, params: Params, batch: MetaBatch, old: dict[str, Tensor]
 ) -> tuple[Tensor, Tensor]:
     e = batch.train.episodes_per_task
     losses, kls = [], []
@@ -183,14 +184,15 @@ def loop_objectives(
         )  # fmt: skip
         valid = batch.valid.task(i)
         losses.append(surrogate_loss(pol, adapted, valid, batch.valid_advantages[:, cols]))
-        kl = pol.kl({k: v[i] for k, v in old.items()}, adapted, valid.observations)
+        old_i = {k: v[i].reshape(*valid.mask.shape, *v.shape[2:]) for k, v in old.items()}
+        kl = pol.kl(old_i, adapted, valid.observations)  # old rows are [T * E, ...]
         kls.append((kl * valid.mask).sum() / valid.mask.sum())
     return torch.stack(losses).mean(), torch.stack(kls).mean()
 
 
 @pytest.mark.parametrize("steps", [1, 2])
 def test_vmapped_objectives_equal_loop_over_tasks(
-    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch], steps: int
+    setup64: tuple[Policy, Params, MetaBatch], steps: int
 ) -> None:
     pol, theta, batch = setup64
     batch = with_inner(batch, InnerLoop(steps=steps, lr=0.1))
@@ -210,7 +212,7 @@ def test_vmapped_objectives_equal_loop_over_tasks(
 
 
 def test_meta_kl_zero_at_sampling_params(
-    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch],
+    setup64: tuple[Policy, Params, MetaBatch],
 ) -> None:
     pol, theta, batch = setup64
     old = adapted_stats(pol, theta, batch)
@@ -235,7 +237,7 @@ def central_fd_grad(fn: object, params: Params, h: float = 1e-6) -> Tensor:
 
 
 def test_second_order_meta_gradient_matches_finite_differences(
-    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch],
+    setup64: tuple[Policy, Params, MetaBatch],
 ) -> None:
     pol, theta, batch = setup64
     p = perturbed(theta, 4)
@@ -244,7 +246,7 @@ def test_second_order_meta_gradient_matches_finite_differences(
     assert float((grad - fd).norm() / fd.norm()) < 1e-6
 
 
-def test_first_order_flag(setup64: tuple[GaussianMLPPolicy, Params, MetaBatch]) -> None:
+def test_first_order_flag(setup64: tuple[Policy, Params, MetaBatch]) -> None:
     pol, theta, batch = setup64
     p = perturbed(theta, 5)
     second = flat_grad(lambda q: meta_surrogate(pol, q, batch), p)[1]
@@ -269,7 +271,7 @@ def test_first_order_flag(setup64: tuple[GaussianMLPPolicy, Params, MetaBatch]) 
 
 
 def meta_kl_hvps(
-    pol: MLPPolicy, theta: Params, at: Params, batch: MetaBatch, v: Tensor
+    pol: Policy, theta: Params, at: Params, batch: MetaBatch, v: Tensor
 ) -> tuple[Tensor, Tensor]:
     old = adapted_stats(pol, theta, batch)
 
@@ -281,7 +283,7 @@ def meta_kl_hvps(
 
 
 def test_fd_hvp_matches_exact_on_meta_kl_float64(
-    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch],
+    setup64: tuple[Policy, Params, MetaBatch],
 ) -> None:
     pol, theta, batch = setup64
     v = torch.randn(
@@ -304,92 +306,24 @@ def test_fd_hvp_matches_exact_on_meta_kl_float32() -> None:
         assert float(torch.nn.functional.cosine_similarity(fd, exact, dim=0)) > 0.999
 
 
-# ---------------------------------------------------------------- one outer step
+# ---------------------------------------------------------------- the generic derivatives
 
 
-@pytest.mark.parametrize("hvp", ["finite_difference", "exact", "gauss_newton"])
-def test_meta_trpo_step_decreases_surrogate_within_max_kl(
-    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch], hvp: str
-) -> None:
-    pol, theta, batch = setup64
-    new, stats = meta_trpo_step(pol, theta, batch, TRPOSettings(max_kl=0.01, hvp=hvp))  # type: ignore[arg-type]
-    assert stats.step_accepted
-    old = adapted_stats(pol, theta, batch)
-    with torch.no_grad():
-        before, after = meta_surrogate(pol, theta, batch), meta_surrogate(pol, new, batch)
-        kl = meta_kl(pol, new, batch, old)
-    assert float(after) < float(before) - 1e-4
-    assert 0.0 < float(kl) <= 0.01
-    assert stats.kl_after == pytest.approx(float(kl)) and stats.loss_after == pytest.approx(
-        float(after)
-    )
-
-
-def test_hvp_subsample_uses_every_tasks_first_episodes_in_every_method(
-    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch],
-) -> None:
-    """With hvp_subsample 1/2 (two of each task's four episodes) all three product methods
-    solve with the meta-KL curvature of those episodes (float64, fine finite differences):
-    their steps agree, and differ from the all-episodes step. (Damping 1e-2: two episodes of a
-    task pin down few directions, and undamped conjugate gradient would amplify the products'
-    1e-10 differences in the others.)"""
-    pol, theta, batch = setup64
-    assert TRPOSettings(hvp_subsample=0.1).curvature_episodes(20) == 2
-    assert TRPOSettings(hvp_subsample=0.01).curvature_episodes(20) == 1
-    assert TRPOSettings().curvature_episodes(20) == 20
-    with pytest.raises(ValueError, match="hvp_subsample"):
-        TRPOSettings(hvp_subsample=0.0)
-    half = batch.first_episodes(2, 1)
-    assert half.num_tasks == 3
-    assert (half.train.episodes_per_task, half.valid.episodes_per_task) == (2, 1)
-    for k in range(3):  # task k's first episodes, with their advantages
-        torch.testing.assert_close(
-            half.train.task(k).observations, batch.train.task(k).observations[:, :2]
-        )
-        torch.testing.assert_close(half.train_advantages[:, 2 * k : 2 * k + 2],
-                                   batch.train_advantages[:, 4 * k : 4 * k + 2])  # fmt: skip
-        torch.testing.assert_close(half.valid.task(k).actions, batch.valid.task(k).actions[:, :1])
-    with pytest.raises(IndexError, match="first_episodes"):
-        batch.train.first_episodes(5)
-    steps = {}
-    for hvp in ("finite_difference", "exact", "gauss_newton"):
-        for frac in (1.0, 1 / 2):
-            settings = TRPOSettings(
-                max_kl=0.01, hvp=hvp, hvp_subsample=frac, fd_base_eps=1e-5, damping=1e-2,
-            )  # type: ignore[arg-type]  # fmt: skip
-            new, stats = meta_trpo_step(pol, theta, batch, settings)
-            assert stats.step_accepted and stats.kl_after <= 0.01
-            steps[hvp, frac] = flatten_params(new) - flatten_params(theta)
-
-    def cos(a: Tensor, b: Tensor) -> float:
-        return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
-
-    for hvp in ("finite_difference", "gauss_newton"):
-        assert cos(steps[hvp, 1 / 2], steps["exact", 1 / 2]) > 0.99
-    assert cos(steps["exact", 1 / 2], steps["exact", 1.0]) < 0.9
-
-
-def test_meta_batch_validation(setup64: tuple[GaussianMLPPolicy, Params, MetaBatch]) -> None:
-    _, _, batch = setup64
-    with pytest.raises(ValueError, match="valid_advantages must have shape"):
-        MetaBatch(batch.train, batch.train_advantages, batch.valid, batch.valid_advantages[:, :3])
-    with pytest.raises(ValueError, match="steps"):
-        InnerLoop(steps=0)
-
-
-# ------------------------------------------- task-batched meta-derivatives (MetaDerivatives)
-
-
-def relu_policy() -> GaussianMLPPolicy:
+def relu_policy() -> Policy:
     """The paper's architecture in small: 2-D observations and actions, two ReLU layers."""
     return GaussianMLPPolicy(obs_dim=2, act_dim=2, hidden_sizes=(8, 8), init_log_std=-0.5)
 
 
 @pytest.fixture(scope="module")
-def relu64() -> tuple[GaussianMLPPolicy, Params, MetaBatch]:
+def relu64() -> tuple[Policy, Params, MetaBatch]:
     pol = relu_policy()
     theta = perturbed(pol.init_params(torch.Generator().manual_seed(0), dtype=D), 11)
     return pol, theta, make_meta_batch(pol, theta, InnerLoop(), seed=2)
+
+
+def objective(pol: Policy, theta: Params, batch: MetaBatch) -> MetaObjective:
+    adaptation = adapt_meta_batch(pol, theta, batch.train, batch.train_advantages, batch.inner)
+    return MetaObjective(pol, batch, adaptation)
 
 
 def rel(a: Tensor, b: Tensor) -> float:
@@ -415,34 +349,6 @@ def assert_grads_close(a: Tensor, b: Tensor, *, scale: float, rtol: float = 1e-1
     assert diff <= bound, f"|a - b| = {diff:.3g} > {bound:.3g} (|b| = {float(b.norm()):.3g})"
 
 
-@pytest.mark.parametrize("inner", [InnerLoop(), InnerLoop(steps=2), InnerLoop(first_order=True)])
-@pytest.mark.parametrize("which", ["tanh", "relu"])
-def test_meta_derivatives_match_autograd(
-    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch],
-    relu64: tuple[GaussianMLPPolicy, Params, MetaBatch],
-    inner: InnerLoop,
-    which: str,
-) -> None:
-    pol, theta, batch = setup64 if which == "tanh" else relu64
-    batch = with_inner(batch, inner)
-    old = adapted_stats(pol, theta, batch)
-    for gauss_newton in (False, True):
-        fast = MetaDerivatives(pol, theta, batch, gauss_newton=gauss_newton)
-        for name, stats in fast.old_stats.items():
-            torch.testing.assert_close(stats.reshape(old[name].shape), old[name])
-        for at in (theta, perturbed(theta, 12)):
-            loss, grad = fast.loss_and_grad(at)
-            ref_loss, ref_grad = flat_grad(lambda q: meta_surrogate(pol, q, batch), at)
-            assert float(loss) == pytest.approx(float(ref_loss), rel=1e-12, abs=1e-15)
-            scale = float(ref_grad.norm())  # the O(1) magnitude of the gradients' terms
-            assert_grads_close(grad, ref_grad, scale=scale)
-            ref_kl = flat_grad(lambda q: meta_kl(pol, q, batch, old), at)[1]
-            assert_grads_close(fast.kl_grad(at), ref_kl, scale=scale)  # ~0 at theta
-            both, ref_both = fast.loss_and_kl(at), meta_surrogate_and_kl(pol, at, batch, old)
-            torch.testing.assert_close(torch.stack(both), torch.stack(ref_both))
-    assert float(ref_kl.norm()) > 1e-3  # away from theta the KL gradient is not trivially 0
-
-
 def test_gradient_comparison_floors_rounding_noise_only() -> None:
     """What another CPU gave at theta (issue 14): KL gradients of 1e-17 that agree in no digit;
     the relative error calls that a failure, the floored comparison does not, while an O(1)
@@ -458,43 +364,92 @@ def test_gradient_comparison_floors_rounding_noise_only() -> None:
             assert_grads_close(wrong, big, scale=float(big.norm()))
 
 
-@pytest.mark.parametrize("inner", [InnerLoop(), InnerLoop(steps=2), InnerLoop(first_order=True)])
-def test_adapt_train_equals_adapt_tasks_and_is_reused_by_the_outer_step(
-    relu64: tuple[GaussianMLPPolicy, Params, MetaBatch], inner: InnerLoop
+INNERS = [InnerLoop(), InnerLoop(steps=2), InnerLoop(first_order=True)]
+
+
+@pytest.mark.parametrize("inner", INNERS)
+def test_meta_gradient_at_theta_old_reuses_the_adaptation_and_matches_finite_differences(
+    relu64: tuple[Policy, Params, MetaBatch], inner: InnerLoop
 ) -> None:
+    """The gradient the outer step takes at theta_old (pulled back through the adaptation the
+    learner sampled with) against central differences of the meta-objective, float64."""
     pol, theta, batch = relu64
     batch = with_inner(batch, inner)
-    adaptation = adapt_train(pol, theta, batch.train, batch.train_advantages, inner)
-    reference = adapt_tasks(pol, theta, batch.train, batch.train_advantages, inner)
-    for name, p in reference.items():
-        torch.testing.assert_close(adaptation.params[name], p, rtol=1e-12, atol=1e-14)
-    assert len(adaptation.steps) == (0 if inner.first_order else inner.steps)
-    reused = MetaDerivatives(pol, theta, batch, adaptation=adaptation)
-    fresh = MetaDerivatives(pol, theta, batch)
-    assert torch.equal(reused.loss_and_grad(theta)[1], fresh.loss_and_grad(theta)[1])
-    v = perturbed(theta, 13)
-    assert torch.equal(reused.kl_grad(v), fresh.kl_grad(v))
-    steps = [
-        meta_trpo_step(pol, theta, batch, TRPOSettings(), adaptation=a)[0]
-        for a in (adaptation, None)
-    ]
-    for name in theta:
-        assert torch.equal(steps[0][name], steps[1][name])
-    with pytest.raises(ValueError, match="adaptation must come from adapt_train at theta_old"):
-        MetaDerivatives(pol, perturbed(theta, 14), batch, adaptation=adaptation)
+    obj = objective(pol, theta, batch)
+    loss, grad = obj.loss_and_grad(obj.theta_old)
+    fd = central_fd_grad(lambda q: meta_surrogate(pol, q, batch), theta)
+    assert float(loss) == pytest.approx(float(meta_surrogate(pol, theta, batch)), rel=1e-12)
+    if inner.first_order:
+        assert rel(grad, fd) > 0.05  # FOMAML is not the meta-objective's gradient
+        ref = flat_grad(lambda q: meta_surrogate(pol, q, batch), theta)[1]
+        assert_grads_close(grad, ref, scale=float(ref.norm()))
+    else:
+        assert rel(grad, fd) < 1e-6
+
+
+@pytest.mark.parametrize("inner", INNERS)
+@pytest.mark.parametrize("which", ["tanh", "relu"])
+def test_meta_objective_matches_autograd_on_the_objectives(
+    setup64: tuple[Policy, Params, MetaBatch],
+    relu64: tuple[Policy, Params, MetaBatch],
+    inner: InnerLoop,
+    which: str,
+) -> None:
+    pol, theta, batch = setup64 if which == "tanh" else relu64
+    batch = with_inner(batch, inner)
+    old = adapted_stats(pol, theta, batch)
+    obj = objective(pol, theta, batch)
+    for name, stats in obj.old_stats.items():
+        torch.testing.assert_close(stats, old[name], rtol=1e-12, atol=1e-14)
+    for at in (obj.theta_old, perturbed(theta, 12)):
+        loss, grad = obj.loss_and_grad(at)
+        ref_loss, ref_grad = flat_grad(lambda q: meta_surrogate(pol, q, batch), at)
+        assert float(loss) == pytest.approx(float(ref_loss), rel=1e-12, abs=1e-15)
+        scale = float(ref_grad.norm())  # the O(1) magnitude of the gradients' terms
+        assert_grads_close(grad, ref_grad, scale=scale)
+        ref_kl = flat_grad(lambda q: meta_kl(pol, q, batch, old), at)[1]
+        assert_grads_close(obj.kl_grad(at), ref_kl, scale=scale)  # ~0 at theta
+        both, ref_both = obj.loss_and_kl(at), meta_surrogate_and_kl(pol, at, batch, old)
+        torch.testing.assert_close(torch.stack(both), torch.stack(ref_both))
+    assert float(ref_kl.norm()) > 1e-3  # away from theta the KL gradient is not trivially 0
+
+
+def test_adapt_meta_batch_equals_adapt_tasks_and_is_reused_by_the_outer_step(
+    relu64: tuple[Policy, Params, MetaBatch],
+) -> None:
+    pol, theta, batch = relu64
+    for inner in INNERS:
+        b = with_inner(batch, inner)
+        adaptation = adapt_meta_batch(pol, theta, b.train, b.train_advantages, inner)
+        reference = adapt_tasks(pol, theta, b.train, b.train_advantages, inner)
+        for name, p in reference.items():
+            torch.testing.assert_close(adaptation.params[name], p, rtol=1e-12, atol=1e-14)
+        steps = [meta_trpo_step(pol, theta, b, adaptation=a)[0] for a in (adaptation, None)]
+        for name in theta:
+            assert torch.equal(steps[0][name], steps[1][name])
+    adaptation = adapt_meta_batch(pol, theta, batch.train, batch.train_advantages, batch.inner)
+    with pytest.raises(ValueError, match="adaptation must come from adapt_meta_batch at params"):
+        meta_trpo_step(pol, perturbed(theta, 14), batch, adaptation=adaptation)
     other = with_inner(batch, InnerLoop(lr=0.05))
-    with pytest.raises(ValueError, match="adaptation must come from adapt_train at theta_old"):
-        MetaDerivatives(pol, theta, other, adaptation=adaptation)
+    with pytest.raises(ValueError, match="adaptation must come from adapt_meta_batch"):
+        MetaObjective(pol, other, adaptation)
+
+
+# ---------------------------------------------- Gauss-Newton products of the meta-KL
 
 
 @pytest.mark.parametrize("which", ["tanh", "relu"])
-@pytest.mark.parametrize("inner", [InnerLoop(), InnerLoop(steps=2)])
+@pytest.mark.parametrize("inner", INNERS)
 def test_gauss_newton_hvp_is_the_exact_meta_kl_hessian_at_theta_old(
-    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch],
-    relu64: tuple[GaussianMLPPolicy, Params, MetaBatch],
+    setup64: tuple[Policy, Params, MetaBatch],
+    relu64: tuple[Policy, Params, MetaBatch],
     which: str,
     inner: InnerLoop,
 ) -> None:
+    """J^T F J v by torch.func (J v through the kept pull-back for one step or first order,
+    by jvp for two) against exact double backprop and against central differences of the
+    meta-KL's gradient (float64; not first order, whose gradient drops the adaptation's
+    Jacobian that differences of it see)."""
     pol, theta, batch = setup64 if which == "tanh" else relu64
     batch = with_inner(batch, inner)
     old = adapted_stats(pol, theta, batch)
@@ -502,15 +457,16 @@ def test_gauss_newton_hvp_is_the_exact_meta_kl_hessian_at_theta_old(
     v = torch.randn(n, generator=torch.Generator().manual_seed(5), dtype=D)
     exact = hvp_exact(lambda q: meta_kl(pol, q, batch, old), theta, v)
     assert float(exact.norm()) > 1e-2
-    # tanh: the general R-operator; relu: the low-rank row sums
-    gn = MetaDerivatives(pol, theta, batch, gauss_newton=True).gauss_newton_hvp(v)
-    assert rel(gn, exact) < 1e-6
-    with pytest.raises(ValueError, match="gauss_newton=True"):
-        MetaDerivatives(pol, theta, batch).gauss_newton_hvp(v)
+    obj = objective(pol, theta, batch)
+    gn = obj.gauss_newton_hvp(v)
+    assert rel(gn, exact) < 1e-10
+    if not inner.first_order:
+        fd = hvp_finite_difference(obj.kl_grad, theta, v, base_eps=1e-4)
+        assert rel(gn, fd) < 1e-6
 
 
 def test_gauss_newton_hvp_is_not_the_hessian_away_from_theta_old(
-    setup64: tuple[GaussianMLPPolicy, Params, MetaBatch],
+    setup64: tuple[Policy, Params, MetaBatch],
 ) -> None:
     # J^T F J drops sum_out dKL/dout * d2out/dtheta2, which is 0 only where dKL/dout is:
     # at the old weights. Away from them the meta-KL's Hessian has that term too.
@@ -521,8 +477,8 @@ def test_gauss_newton_hvp_is_not_the_hessian_away_from_theta_old(
         flatten_params(theta).numel(), generator=torch.Generator().manual_seed(6), dtype=D
     )
     hessian_away = hvp_exact(lambda q: meta_kl(pol, q, batch, old), away, v)
-    gn_at_theta = MetaDerivatives(pol, theta, batch, gauss_newton=True).gauss_newton_hvp(v)
-    gn_away = MetaDerivatives(pol, away, batch, gauss_newton=True).gauss_newton_hvp(v)
+    gn_at_theta = objective(pol, theta, batch).gauss_newton_hvp(v)
+    gn_away = objective(pol, away, batch).gauss_newton_hvp(v)
     assert rel(gn_away, hessian_away) > 0.05
     assert rel(gn_at_theta, hessian_away) > 0.05
 
@@ -530,23 +486,102 @@ def test_gauss_newton_hvp_is_not_the_hessian_away_from_theta_old(
 def test_fd_hvp_on_relu_meta_kl_at_init_needs_a_large_base_eps() -> None:
     """At initialisation (zero biases) every episode's first observation (the origin) sits on
     the ReLU kink, so the meta-KL's gradient jumps at theta_old and a central difference of it
-    carries an error ~ jump / eps; TRPOSettings' default eps keeps that small in float32."""
+    carries an error ~ jump / eps; the config's default eps keeps that small in float32."""
     pol = GaussianMLPPolicy(obs_dim=2, act_dim=2, hidden_sizes=(16, 16), init_log_std=-0.5)
     theta = pol.init_params(torch.Generator().manual_seed(0))
     batch = make_meta_batch(pol, theta, InnerLoop(), seed=3, num_tasks=4)
-    fast = MetaDerivatives(pol, theta, batch, gauss_newton=True)
-    v = fast.loss_and_grad(theta)[1]
-    exact = fast.gauss_newton_hvp(v)
+    obj = objective(pol, theta, batch)
+    v = obj.loss_and_grad(obj.theta_old)[1]
+    exact = obj.gauss_newton_hvp(v)
 
     def cosine(base_eps: float) -> float:
-        fd = hvp_finite_difference(fast.kl_grad, theta, v, base_eps=base_eps)
+        fd = hvp_finite_difference(obj.kl_grad, theta, v, base_eps=base_eps)
         return float(torch.nn.functional.cosine_similarity(fd, exact, dim=0))
 
-    assert cosine(TRPOSettings().fd_base_eps) > 0.99
+    assert cosine(TRPOConfig().fd_base_eps) > 0.99
     assert cosine(1e-5) < 0.9  # the paper's eps: dominated by the jump
 
 
-def categorical_meta_batch() -> tuple[CategoricalMLPPolicy, Params, MetaBatch]:
+# ---------------------------------------------------------------- one outer step
+
+
+@pytest.mark.parametrize("hvp", ["finite_difference", "exact", "gauss_newton"])
+def test_meta_trpo_step_decreases_surrogate_within_max_kl(
+    setup64: tuple[Policy, Params, MetaBatch], hvp: str
+) -> None:
+    pol, theta, batch = setup64
+    new, stats = meta_trpo_step(pol, theta, batch, TRPOConfig(max_kl=0.01, hvp=hvp))  # type: ignore[arg-type]
+    assert stats.step_accepted
+    old = adapted_stats(pol, theta, batch)
+    with torch.no_grad():
+        before, after = meta_surrogate(pol, theta, batch), meta_surrogate(pol, new, batch)
+        kl = meta_kl(pol, new, batch, old)
+    assert float(after) < float(before) - 1e-4
+    assert 0.0 < float(kl) <= 0.01
+    assert stats.kl_after == pytest.approx(float(kl)) and stats.loss_after == pytest.approx(
+        float(after)
+    )
+
+
+def test_hvp_subsample_takes_the_kl_on_every_tasks_first_valid_episodes_in_every_method(
+    setup64: tuple[Policy, Params, MetaBatch],
+) -> None:
+    """With hvp_subsample 1/2 (two of each task's four valid episodes) all three product
+    methods solve with the curvature of the meta-KL on those episodes, every task adapted on
+    all its train episodes (float64, fine finite differences): their steps agree, and differ
+    from the all-episodes step. (Damping 0.1: two episodes of a task pin down few directions,
+    and conjugate gradient on a nearly singular curvature amplifies the finite differences'
+    1e-9..1e-7 errors in the others; at 1e-2 the steps' cosine is 0.989.)"""
+    pol, theta, batch = setup64
+    assert curvature_episodes(0.1, 20) == 2 and curvature_episodes(0.01, 20) == 1
+    assert curvature_episodes(1.0, 20) == 20
+    with pytest.raises(ValueError, match="hvp_subsample"):
+        curvature_episodes(0.0, 20)
+    half = batch.first_valid_episodes(2)
+    assert half.num_tasks == 3 and half.train is batch.train
+    assert half.valid.episodes_per_task == 2
+    for k in range(3):  # task k's first valid episodes, with their advantages
+        torch.testing.assert_close(half.valid.task(k).actions, batch.valid.task(k).actions[:, :2])
+        torch.testing.assert_close(half.valid_advantages[:, 2 * k : 2 * k + 2],
+                                   batch.valid_advantages[:, 4 * k : 4 * k + 2])  # fmt: skip
+    # the curvature's objective: the KL on those episodes of the fully adapted policies
+    adaptation = adapt_meta_batch(pol, theta, batch.train, batch.train_advantages, batch.inner)
+    curv = MetaObjective(pol, half, adaptation)
+    at = perturbed(theta, 21)
+    torch.testing.assert_close(curv.kl(at), meta_kl(pol, at, half, adapted_stats(pol, theta, half)))
+    steps = {}
+    for hvp in ("finite_difference", "exact", "gauss_newton"):
+        for frac in (1.0, 1 / 2):
+            config = TRPOConfig(
+                max_kl=0.01, hvp=hvp, hvp_subsample=frac, fd_base_eps=1e-5, damping=0.1,
+            )  # type: ignore[arg-type]  # fmt: skip
+            new, stats = meta_trpo_step(pol, theta, batch, config)
+            assert stats.step_accepted and stats.kl_after <= 0.01
+            assert (stats.step_rescale == 1.0) == (frac == 1.0)
+            steps[hvp, frac] = flatten_params(new) - flatten_params(theta)
+
+    def cos(a: Tensor, b: Tensor) -> float:
+        return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+    for hvp in ("finite_difference", "gauss_newton"):
+        assert cos(steps[hvp, 1 / 2], steps["exact", 1 / 2]) > 0.9999
+    assert cos(steps["exact", 1 / 2], steps["exact", 1.0]) < 0.9
+
+
+def test_meta_batch_validation(setup64: tuple[Policy, Params, MetaBatch]) -> None:
+    _, _, batch = setup64
+    with pytest.raises(ValueError, match="valid_advantages must have shape"):
+        MetaBatch(batch.train, batch.train_advantages, batch.valid, batch.valid_advantages[:, :3])
+    with pytest.raises(ValueError, match="steps"):
+        InnerLoop(steps=0)
+    with pytest.raises(IndexError, match="first_episodes"):
+        batch.first_valid_episodes(5)
+
+
+# ---------------------------------------------------------------- a categorical policy
+
+
+def categorical_meta_batch() -> tuple[Policy, Params, MetaBatch]:
     """Random-observation episodes of a categorical policy (3 tasks x 4 episodes x 6 steps),
     valid ones acting with the adapted weights: enough to check the derivatives' algebra."""
     pol = CategoricalMLPPolicy(obs_dim=3, num_actions=4, hidden_sizes=(8, 8))
@@ -579,18 +614,15 @@ def categorical_meta_batch() -> tuple[CategoricalMLPPolicy, Params, MetaBatch]:
 
 def test_meta_derivatives_of_a_categorical_policy_match_autograd() -> None:
     pol, theta, batch = categorical_meta_batch()  # a head without weights, 4 outputs
-    assert pol.supports_low_rank()
     old = adapted_stats(pol, theta, batch)
     at = perturbed(theta, 14)
     ref_grad = flat_grad(lambda q: meta_surrogate(pol, q, batch), at)[1]
     ref_kl = flat_grad(lambda q: meta_kl(pol, q, batch, old), at)[1]
     v = torch.randn(ref_grad.numel(), generator=torch.Generator().manual_seed(8), dtype=D)
     exact = hvp_exact(lambda q: meta_kl(pol, q, batch, old), theta, v)
-    for gauss_newton in (False, True):
-        fast = MetaDerivatives(pol, theta, batch, gauss_newton=gauss_newton)
-        assert rel(fast.loss_and_grad(at)[1], ref_grad) < 1e-10
-        assert rel(fast.kl_grad(at), ref_kl) < 1e-10 and float(ref_kl.norm()) > 1e-3
-        if gauss_newton:
-            assert rel(fast.gauss_newton_hvp(v), exact) < 1e-6
-        ref_at_theta = flat_grad(lambda q: meta_surrogate(pol, q, batch), theta)[1]
-        assert rel(fast.loss_and_grad(theta)[1], ref_at_theta) < 1e-10
+    obj = objective(pol, theta, batch)
+    assert rel(obj.loss_and_grad(at)[1], ref_grad) < 1e-10
+    assert rel(obj.kl_grad(at), ref_kl) < 1e-10 and float(ref_kl.norm()) > 1e-3
+    assert rel(obj.gauss_newton_hvp(v), exact) < 1e-10
+    ref_at_theta = flat_grad(lambda q: meta_surrogate(pol, q, batch), theta)[1]
+    assert rel(obj.loss_and_grad(obj.theta_old)[1], ref_at_theta) < 1e-10

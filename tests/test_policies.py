@@ -4,18 +4,18 @@ import pytest
 import torch
 from torch.distributions import Categorical, Independent, Normal, kl_divergence
 
-from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, Params
+from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, Params, Policy
 
 D = torch.float64
 
 
-def gaussian() -> GaussianMLPPolicy:
+def gaussian() -> Policy:
     return GaussianMLPPolicy(
         obs_dim=3, act_dim=2, hidden_sizes=(5, 4), activation="tanh", init_log_std=-0.3
     )
 
 
-def categorical() -> CategoricalMLPPolicy:
+def categorical() -> Policy:
     return CategoricalMLPPolicy(obs_dim=3, num_actions=4, hidden_sizes=(5,), activation="relu")
 
 
@@ -26,7 +26,7 @@ def perturbed(params: Params, seed: int, scale: float = 0.3) -> Params:
     }
 
 
-def normal(policy: GaussianMLPPolicy, params: Params, obs: torch.Tensor) -> Independent:
+def normal(policy: Policy, params: Params, obs: torch.Tensor) -> Independent:
     s = policy.dist_stats(params, obs)
     return Independent(Normal(s["mean"], s["log_std"].exp()), 1)
 
@@ -53,8 +53,8 @@ def test_categorical_log_prob_kl_entropy_match_torch_distributions() -> None:
     p1 = perturbed(p0, 1)
     obs = torch.randn(7, 3, generator=gen, dtype=D)
     acts = torch.randint(0, 4, (7,), generator=gen)
-    dist0 = Categorical(logits=pol.body(p0, obs))
-    dist1 = Categorical(logits=pol.body(p1, obs))
+    dist0 = Categorical(logits=pol.network_output(p0, obs))
+    dist1 = Categorical(logits=pol.network_output(p1, obs))
     torch.testing.assert_close(pol.log_prob(p1, obs, acts), dist1.log_prob(acts))
     torch.testing.assert_close(pol.entropy(p1, obs), dist1.entropy())
     torch.testing.assert_close(
@@ -77,14 +77,27 @@ def test_init_params_deterministic_per_generator(make: type) -> None:
     assert all(torch.equal(own[k], zero[k]) for k in own)
 
 
-def test_gaussian_init_log_std_and_body_matches_functional_call() -> None:
+def test_gaussian_init_log_std_glorot_mlp_and_hand_computed_forward() -> None:
     pol = gaussian()
     params = pol.init_params(torch.Generator().manual_seed(2))
+    assert list(params) == [
+        "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "mlp.4.weight",
+        "mlp.4.bias", "log_std",
+    ]  # fmt: skip
     torch.testing.assert_close(params["log_std"], torch.full((2,), -0.3))
+    # Glorot-uniform matrices drawn layer by layer from the generator, zero biases
+    gen = torch.Generator().manual_seed(2)
+    layers = zip(("mlp.0", "mlp.2", "mlp.4"), [(3, 5), (5, 4), (4, 2)], strict=True)
+    for name, (n_in, n_out) in layers:
+        bound = (6.0 / (n_in + n_out)) ** 0.5
+        expected_w = torch.rand(n_out, n_in, generator=gen) * (2.0 * bound) - bound
+        assert torch.equal(params[f"{name}.weight"], expected_w)
+        assert torch.equal(params[f"{name}.bias"], torch.zeros(n_out))
     obs = torch.randn(4, 3, generator=torch.Generator().manual_seed(3))
-    mlp_params = {k.removeprefix("mlp."): v for k, v in params.items() if k.startswith("mlp.")}
-    expected = torch.func.functional_call(pol.mlp, mlp_params, (obs,))
-    torch.testing.assert_close(pol.body(params, obs), expected)
+    x = torch.tanh(obs @ params["mlp.0.weight"].T + params["mlp.0.bias"])
+    x = torch.tanh(x @ params["mlp.2.weight"].T + params["mlp.2.bias"])
+    expected = x @ params["mlp.4.weight"].T + params["mlp.4.bias"]
+    torch.testing.assert_close(pol.dist_stats(params, obs)["mean"], expected)
 
 
 @pytest.mark.parametrize("make", [gaussian, categorical])
@@ -119,7 +132,7 @@ def test_categorical_sample_frequencies_match_probabilities() -> None:
     obs = torch.full((40000, 3), 0.5, dtype=D)
     acts, lps = pol.sample(params, obs, torch.Generator().manual_seed(0))
     probs = pol.dist_stats(params, obs[:1])["log_probs"][0].exp()
-    freq = torch.bincount(acts, minlength=pol.num_actions).double() / len(acts)
+    freq = torch.bincount(acts, minlength=4).double() / len(acts)
     torch.testing.assert_close(freq, probs, atol=0.01, rtol=0.0)  # ~4 standard errors
     torch.testing.assert_close(lps, probs.log()[acts])
 
@@ -166,88 +179,5 @@ def test_bad_constructor_arguments() -> None:
         GaussianMLPPolicy(obs_dim=2, act_dim=2, activation="gelu")
     with pytest.raises(ValueError, match="num_actions"):
         CategoricalMLPPolicy(obs_dim=2, num_actions=1)
-
-
-# ------------------------------------------------ task-batched calculus against autograd
-
-
-def task_batched(pol: GaussianMLPPolicy, k: int, seed: int) -> Params:
-    """``k`` different weight sets of ``pol`` stacked on a leading task axis (float64)."""
-    base = pol.init_params(torch.Generator().manual_seed(seed), dtype=D)
-    gen = torch.Generator().manual_seed(seed + 1)
-    return {
-        name: v + 0.3 * torch.randn((k, *v.shape), generator=gen, dtype=D)
-        for name, v in base.items()
-    }
-
-
-def random_like(params: Params, seed: int) -> Params:
-    gen = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=gen, dtype=D) for k, v in params.items()}
-
-
-def body_out(pol: GaussianMLPPolicy, obs: torch.Tensor, params: Params) -> torch.Tensor:
-    return torch.func.vmap(pol.body)(params, obs)
-
-
-@pytest.mark.parametrize("activation", ["relu", "tanh"])
-def test_body_calculus_matches_torch_func(activation: str) -> None:
-    pol = GaussianMLPPolicy(obs_dim=3, act_dim=2, hidden_sizes=(6, 5), activation=activation)
-    params = pol.body_params(task_batched(pol, 4, seed=0))
-    gen = torch.Generator().manual_seed(9)
-    obs = torch.randn(4, 7, 3, generator=gen, dtype=D)
-    out_cot, out_cot_t = (torch.randn(4, 7, 2, generator=gen, dtype=D) for _ in range(2))
-    tangent = random_like(params, seed=3)
-    trace = pol.body_trace(params, obs)
-    torch.testing.assert_close(trace.output, body_out(pol, obs, params))
-    # backward pass against autograd's vjp
-    vjp_fn = torch.func.vjp(lambda p: body_out(pol, obs, p), params)[1]
-    cot = pol.body_vjp(params, trace, out_cot)
-    for name, g in vjp_fn(out_cot)[0].items():
-        torch.testing.assert_close(cot.grads[name], g)
-    # forward mode against torch.func.jvp
-    tan = pol.body_jvp(params, trace, tangent)
-    expected_t = torch.func.jvp(lambda p: body_out(pol, obs, p), (params,), (tangent,))[1]
-    torch.testing.assert_close(tan.output, expected_t)
-
-    # R-operator: the tangent of the backward pass, by forward-over-reverse autodiff
-    def grads_of(p: Params, c: torch.Tensor) -> Params:
-        grads: Params = torch.func.vjp(lambda q: body_out(pol, obs, q), p)[1](c)[0]
-        return grads
-
-    expected: Params = torch.func.jvp(grads_of, (params, out_cot), (tangent, out_cot_t))[1]
-    got = pol.body_vjp_tangent(params, trace, cot, tangent, tan, out_cot_t)
-    for name, g in expected.items():
-        torch.testing.assert_close(got[name], g)
-    assert float(expected["mlp.0.weight"].norm()) > 1e-3  # second-order terms reach layer 0
-
-
-def test_low_rank_calculus_matches_general_one() -> None:
-    pol = GaussianMLPPolicy(obs_dim=2, act_dim=2, hidden_sizes=(9, 8))
-    assert pol.supports_low_rank()
-    params = task_batched(pol, 3, seed=1)
-    gen = torch.Generator().manual_seed(2)
-    obs = torch.randn(3, 11, 2, generator=gen, dtype=D)
-    out_cot, out_cot_t = (torch.randn(3, 11, 2, generator=gen, dtype=D) for _ in range(2))
-    tangent = random_like(params, seed=4)
-    trace = pol.body_trace(params, obs)
-    cot = pol.body_vjp(params, trace, out_cot)
-    jac = pol.output_jacobian(params, trace)
-    tan = pol.body_jvp(params, trace, tangent)
-    out_t, p = pol.low_rank_jvp(params, trace, jac, tangent)
-    torch.testing.assert_close(out_t, tan.output)
-    for name, g in pol.low_rank_vjp(params, trace, jac, out_cot).items():
-        torch.testing.assert_close(g, cot.grads[name])
-    moments = pol.relu_moments(params, trace, cot)
-    got = pol.low_rank_vjp_tangent(params, trace, cot, moments, tangent, p, out_cot_t)
-    expected = pol.body_vjp_tangent(params, trace, cot, tangent, tan, out_cot_t)
-    assert got.keys() == expected.keys()
-    for name, g in expected.items():
-        torch.testing.assert_close(got[name], g)
-
-
-def test_supports_low_rank_only_for_small_two_layer_relu_bodies() -> None:
-    assert GaussianMLPPolicy(obs_dim=2, act_dim=2).supports_low_rank()
-    assert not GaussianMLPPolicy(obs_dim=2, act_dim=2, activation="tanh").supports_low_rank()
-    assert not GaussianMLPPolicy(obs_dim=2, act_dim=2, hidden_sizes=(8,)).supports_low_rank()
-    assert not GaussianMLPPolicy(obs_dim=20, act_dim=6).supports_low_rank()  # half-cheetah
+    with pytest.raises(ValueError, match="layer sizes"):
+        GaussianMLPPolicy(obs_dim=2, act_dim=2, hidden_sizes=(0,))

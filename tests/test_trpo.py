@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from metarl.config import TRPOConfig
 from metarl.policies import GaussianMLPPolicy, Params
 from metarl.trpo import (
     HVP_METHODS,
@@ -178,7 +179,8 @@ def test_trpo_step_rejects_adversarial_steps_and_keeps_params() -> None:
 
     for hvp in ("finite_difference", "exact"):
         for adversary in (loss_rises, kl_too_large):
-            new, stats = trpo_step(params, loss_fn, kl_fn, hvp=hvp, loss_kl_fn=adversary)
+            config = TRPOConfig(hvp=hvp)  # type: ignore[arg-type]
+            new, stats = trpo_step(params, loss_fn, kl_fn, config, loss_kl_fn=adversary)
             assert not stats.step_accepted and stats.backtracks == 15
             assert torch.equal(new["x"], theta0) and stats.loss_after == stats.loss_before
             assert stats.step_norm == 0.0 and stats.kl_after == 0.0
@@ -190,8 +192,7 @@ def test_trpo_step_quadratic_kl_accepts_full_step_at_boundary() -> None:
         params,
         lambda p: c @ p["x"],
         lambda p: 0.5 * (p["x"] - theta0) @ metric @ (p["x"] - theta0),
-        hvp="exact",
-        damping=0.0,
+        TRPOConfig(hvp="exact", damping=0.0),
     )
     # the KL model is exact: the full step lands on the trust-region boundary, along -M^-1 c
     assert stats.step_accepted and stats.backtracks == 0
@@ -218,7 +219,7 @@ def test_trpo_step_on_policy_surrogate_decreases_loss_within_max_kl(hvp: str) ->
     def kl_fn(p: Params) -> Tensor:
         return pol.kl(old, p, obs).mean()
 
-    new, stats = trpo_step(theta, loss_fn, kl_fn, max_kl=0.01, hvp=hvp)  # type: ignore[arg-type]
+    new, stats = trpo_step(theta, loss_fn, kl_fn, TRPOConfig(max_kl=0.01, hvp=hvp))  # type: ignore[arg-type]
     assert stats.step_accepted
     with torch.no_grad():
         assert float(loss_fn(new)) < float(loss_fn(theta)) - 1e-3
@@ -230,12 +231,19 @@ def test_trpo_step_on_policy_surrogate_decreases_loss_within_max_kl(hvp: str) ->
 
 def test_trpo_step_bad_settings() -> None:
     params, c, _, _ = quadratic_problem()
+
+    def step(**settings: object) -> None:
+        config = TRPOConfig(**settings)  # type: ignore[arg-type]
+        trpo_step(params, lambda p: c @ p["x"], lambda p: c @ p["x"], config)
+
     with pytest.raises(ValueError, match="max_kl"):
-        trpo_step(params, lambda p: c @ p["x"], lambda p: c @ p["x"], max_kl=0.0)
+        step(max_kl=0.0)
+    with pytest.raises(ValueError, match="backtrack_ratio"):
+        step(backtrack_ratio=1.0)
     with pytest.raises(ValueError, match="hvp must be one of finite_difference, exact, gauss"):
-        trpo_step(params, lambda p: c @ p["x"], lambda p: c @ p["x"], hvp="bogus")  # type: ignore[arg-type]
+        step(hvp="bogus")
     with pytest.raises(ValueError, match=r"gauss_newton.*needs a Gauss-Newton product"):
-        trpo_step(params, lambda p: c @ p["x"], lambda p: c @ p["x"], hvp="gauss_newton")
+        step(hvp="gauss_newton")
 
 
 def test_trpo_step_uses_the_given_derivatives() -> None:
@@ -262,7 +270,7 @@ def test_trpo_step_uses_the_given_derivatives() -> None:
     results = {}
     for hvp in ("finite_difference", "gauss_newton"):
         new, stats = trpo_step(
-            params, never, kl_fn, hvp=hvp, damping=0.0, derivatives=d,
+            params, never, kl_fn, TRPOConfig(hvp=hvp, damping=0.0), derivatives=d,  # type: ignore[arg-type]
             loss_kl_fn=lambda p: (c @ p["x"], kl_fn(p)),
         )  # fmt: skip
         assert stats.step_accepted and stats.kl_after == pytest.approx(0.01, rel=1e-6)
@@ -297,7 +305,7 @@ def test_trpo_step_solves_with_the_curvature_kl_and_checks_the_real_kl() -> None
         theta,
         lambda p: g @ p["x"],
         lambda p: 0.5 * p["x"] @ a @ p["x"],
-        max_kl=max_kl, damping=0.0, cg_iters=6, hvp="exact",
+        TRPOConfig(max_kl=max_kl, damping=0.0, cg_iters=6, hvp="exact"),
         curvature_kl_fn=lambda p: 0.5 * p["x"] @ b @ p["x"],
     )  # fmt: skip
     step = new["x"]
@@ -326,9 +334,9 @@ def test_step_length_comes_from_the_full_kl_when_the_curvature_is_a_subsample() 
     def sub_kl_fn(p: Params) -> Tensor:
         return 2.0 * p["w"] @ m @ p["w"]  # 4x the curvature of kl_fn
 
-    kw = {"max_kl": 0.01, "hvp": "exact", "damping": 0.0}
-    plain, plain_stats = trpo_step(params, loss_fn, kl_fn, **kw)  # type: ignore[arg-type]
-    sub, stats = trpo_step(params, loss_fn, kl_fn, curvature_kl_fn=sub_kl_fn, **kw)  # type: ignore[arg-type]
+    config = TRPOConfig(max_kl=0.01, hvp="exact", damping=0.0)
+    plain, plain_stats = trpo_step(params, loss_fn, kl_fn, config)
+    sub, stats = trpo_step(params, loss_fn, kl_fn, config, curvature_kl_fn=sub_kl_fn)
     assert plain_stats.step_rescale == 1.0 and plain_stats.kl_after == pytest.approx(0.01)
     assert stats.step_rescale == pytest.approx(2.0, rel=1e-6)  # (beta has a 1e-8 guard)
     assert stats.step_accepted and 0.01 * 0.8**2 - 1e-12 <= stats.kl_after <= 0.01
