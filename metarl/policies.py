@@ -127,6 +127,43 @@ def load_factory(path: str) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]
 
 
+class CompositeLayerNorm(torch.overrides.TorchFunctionMode):
+    """Within it, ``F.layer_norm`` (``nn.LayerNorm``'s) runs as elementwise ops. torch's
+    batching rule for the native layer norm's backward is wrong for its input's gradient
+    (pytorch/functorch#534, open in torch 2.13), which made the second-order meta-gradient of a
+    network with a LayerNorm, through ``vmap`` over tasks, wrong (in a minimal case by 100%);
+    autograd of the elementwise ops is right. Same values up to rounding."""
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.layer_norm or func is torch.layer_norm:
+            return _layer_norm(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def _layer_norm(
+    x: Tensor,
+    normalized_shape: tuple[int, ...] | list[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    *_: Any,
+) -> Tensor:
+    """``F.layer_norm`` written with elementwise ops (population variance, as torch)."""
+    dims = tuple(range(-len(normalized_shape), 0))
+    centered = x - x.mean(dims, keepdim=True)
+    out = centered * torch.rsqrt((centered * centered).mean(dims, keepdim=True) + eps)
+    if weight is not None:
+        out = out * weight
+    return out if bias is None else out + bias
+
+
 # ----------------------------------------------------------------------------- heads
 
 
@@ -300,10 +337,15 @@ class Policy(nn.Module):
 
     def network_output(self, params: Params, obs: Tensor) -> Tensor:
         """The network's output ``[..., out_dim]`` for ``obs [..., obs_dim]`` with the
-        network's weights in ``params`` (:func:`torch.func.functional_call`)."""
+        network's weights in ``params`` (:func:`torch.func.functional_call`; a user network's
+        layer norms as elementwise ops, see :class:`CompositeLayerNorm`)."""
         n = len(self.prefix)
         weights = {k[n:]: v for k, v in params.items() if k.startswith(self.prefix)}
-        out: Tensor = torch.func.functional_call(self.network, weights, (obs,))
+        if isinstance(self.network, MLPNetwork):
+            out: Tensor = torch.func.functional_call(self.network, weights, (obs,))
+            return out
+        with CompositeLayerNorm():
+            out = torch.func.functional_call(self.network, weights, (obs,))
         return out
 
     def dist_stats(self, params: Params, obs: Tensor) -> DistStats:
