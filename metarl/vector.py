@@ -145,9 +145,12 @@ def _worker(
     ``inherited``: the parent's ends of the workers' pipes (this worker's own too), which a
     forked child holds copies of; closed at once, so that the parent's death closes every pipe
     and each worker reads EOF. Ctrl-C is the parent's to handle (it closes the workers), so a
-    terminal's SIGINT does not print a traceback from every worker."""
+    terminal's SIGINT does not print a traceback from every worker. SIGTERM kills a worker as
+    it kills any process: a Python handler the parent had (Ray's driver installs one that calls
+    sys.exit) is not inherited."""
     parent_pid = os.getppid()  # the trainer (fork, spawn) or the forkserver, which dies with it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for conn in inherited:
         conn.close()
     os.environ["OMP_NUM_THREADS"] = "1"

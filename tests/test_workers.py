@@ -169,6 +169,23 @@ def test_worker_killed_between_calls_is_named_with_its_signal(bounded: None, sig
         envs.step(_actions(0.0))
 
 
+def test_a_worker_dies_of_sigterm_whatever_handler_its_parent_had(bounded: None) -> None:
+    """Ray's driver (ray.init) and other libraries install a Python SIGTERM handler that calls
+    sys.exit; a forked worker must not inherit it (it exited with code 15 instead of being
+    killed by SIGTERM)."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+    try:
+        envs = _envs()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    pid = envs.processes[0].pid
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    assert _wait_gone([pid], 5)
+    with pytest.raises(SamplerError, match=r"worker 0 .* was killed by SIGTERM"):
+        envs.step(_actions(0.0))
+
+
 @pytest.fixture
 def kill_soon() -> Iterator[Any]:
     """``kill_soon(pid, after)``: SIGKILL ``pid`` from a timer thread."""
