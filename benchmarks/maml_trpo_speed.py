@@ -18,7 +18,7 @@ the accuracy of those products; and the HalfCheetahVel sampling rate.
    ``torch.func`` path (``trpo.accelerator=false``; keys ``.../generic``); ``--paths
    accelerated generic`` runs both learners in the same process, their iterations
    interleaved (on a loaded machine, the fair comparison), and prints the ratio of their
-   medians. Only ``gauss_newton`` has an accelerated path.
+   medians. ``exact`` has no accelerated path.
 2. Accuracy on real Navigation2D meta-batches (``--accuracy-at``: after that many training
    iterations; 0 is the initialisation, the hardest case for finite differences): each
    method's product against exact double backprop at theta_old, on the gradient (the first
@@ -62,7 +62,7 @@ from torch import Tensor
 
 from metarl.config import load_config
 from metarl.maml_rl import MetaBatch, MetaObjective, TaskAdaptation, adapt_meta_batch
-from metarl.mlp_accelerator import gauss_newton_product
+from metarl.mlp_accelerator import accelerate
 from metarl.rl import MAMLTRPOLearner, make_policy, task_env
 from metarl.rngs import Rngs
 from metarl.sampler import make_env, make_sampler
@@ -181,7 +181,7 @@ def accuracy_at(iteration: int, fd_eps: list[float], seed: int) -> dict[str, flo
     policy, theta, damping = learner.policy, adaptation.theta, config.trpo.damping
     objective = MetaObjective(policy, batch, adaptation)
     exact_fn = exact_hvp_closure(objective.kl, theta, damping=damping)
-    accelerated = gauss_newton_product(policy, objective)
+    accelerated = accelerate(policy, objective)
     assert accelerated is not None
     g = objective.loss_and_grad(theta)[1]
     vectors: list[Tensor] = []
@@ -194,7 +194,7 @@ def accuracy_at(iteration: int, fd_eps: list[float], seed: int) -> dict[str, flo
 
     x_exact = conjugate_gradient(record, g, iters=config.trpo.cg_iters)
     methods: dict[str, Callable[[Tensor], Tensor]] = {
-        "gauss_newton": lambda v: accelerated(v) + damping * v,
+        "gauss_newton": lambda v: accelerated.gauss_newton_hvp(v) + damping * v,
         "gauss_newton/generic": lambda v: objective.gauss_newton_hvp(v) + damping * v,
     }
     for eps in fd_eps:
@@ -304,7 +304,7 @@ def main() -> None:
     for hvp in args.methods:  # gauss_newton's peak memory first would need its own process
         for frac in args.hvp_subsample:
             for threads in args.learner_threads:
-                paths = tuple(args.paths) if hvp == "gauss_newton" else ("accelerated",)
+                paths = ("accelerated",) if hvp == "exact" else tuple(args.paths)
                 got = time_method(hvp, args.iters, args.seed, frac, threads, paths)
                 figures.update(got)
                 report(got)

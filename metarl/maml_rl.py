@@ -32,7 +32,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -50,6 +50,9 @@ from metarl.trpo import (
     trpo_step,
     unflatten_params,
 )
+
+if TYPE_CHECKING:
+    from metarl.mlp_accelerator import MLPAccelerator
 
 
 class StepData(Protocol):
@@ -531,12 +534,11 @@ def meta_trpo_step(
     e = curvature_episodes(config.hvp_subsample, batch.valid.episodes_per_task)
     sub = batch.valid.episodes_per_task > e
     curv = MetaObjective(policy, batch.first_valid_episodes(e), adaptation) if sub else full
-    gauss_newton = None
-    if config.hvp == "gauss_newton":
-        gauss_newton = _accelerated_gauss_newton(policy, params, curv, config)
-        gauss_newton = gauss_newton or curv.gauss_newton_hvp
+    fast = _accelerator(policy, curv, config)
     derivatives = Derivatives(
-        loss_grad=full.loss_and_grad, kl_grad=curv.kl_grad, gauss_newton=gauss_newton
+        loss_grad=full.loss_and_grad,
+        kl_grad=(fast or curv).kl_grad,
+        gauss_newton=(fast or curv).gauss_newton_hvp,
     )
     return trpo_step(
         adaptation.theta, full.loss, full.kl, config, loss_kl_fn=full.loss_and_kl,
@@ -544,13 +546,14 @@ def meta_trpo_step(
     )  # fmt: skip
 
 
-def _accelerated_gauss_newton(
-    policy: Policy, params: Params, curvature: MetaObjective, config: TRPOConfig
-) -> Callable[[Tensor], Tensor] | None:
-    """The hand-derived Gauss-Newton product of :mod:`metarl.mlp_accelerator` when
-    ``config.accelerator`` is on and the policy is the default MLP; else None."""
-    if not config.accelerator:
+def _accelerator(
+    policy: Policy, curvature: MetaObjective, config: TRPOConfig
+) -> MLPAccelerator | None:
+    """The hand-derived KL gradients and Gauss-Newton products of
+    :mod:`metarl.mlp_accelerator` when ``config.accelerator`` is on, the products need them
+    (finite differences or Gauss-Newton) and the policy is the default MLP; else None."""
+    if not config.accelerator or config.hvp == "exact":
         return None
-    from metarl import mlp_accelerator  # imports this module: loaded on first use
+    from metarl import mlp_accelerator  # it imports this module: loaded on first use
 
-    return mlp_accelerator.gauss_newton_product(policy, curvature)
+    return mlp_accelerator.accelerate(policy, curvature)

@@ -35,14 +35,12 @@ from metarl.trpo import flatten_params, unflatten_params
 SPEEDUP = "filled in from benchmarks/maml_trpo_speed.py"
 
 
-def gauss_newton_product(
-    policy: Policy, objective: MetaObjective
-) -> Callable[[Tensor], Tensor] | None:
-    """``v -> J^T F J v`` of ``objective``'s meta-KL at its ``theta_old`` by the hand calculus
-    (:class:`MLPGaussNewton`) when the policy's network is the default MLP; else None."""
+def accelerate(policy: Policy, objective: MetaObjective) -> MLPAccelerator | None:
+    """The hand calculus's derivatives of ``objective``'s meta-KL (:class:`MLPAccelerator`)
+    when the policy's network is the default MLP; else None."""
     if not isinstance(policy.network, MLPNetwork):
         return None
-    return MLPGaussNewton(policy, objective)
+    return MLPAccelerator(policy, objective)
 
 
 @dataclass(frozen=True)
@@ -508,22 +506,24 @@ def _output_hessian(fn: OutputFn, out: Tensor, head: Params) -> _OutputHessian:
 
 @dataclass(frozen=True)
 class _Point:
-    """Task-batched weights, the forward pass at them, the backward pass of the inner loss,
-    its output-space Hessian and (when the body supports them) its :class:`ReluMoments`."""
+    """Task-batched weights, the forward pass at them, the backward pass of the inner loss and,
+    when many products will follow (``prepared``), its output-space Hessian and (where the body
+    supports them) its :class:`ReluMoments`."""
 
     params: Params
     trace: MLPTrace
     cot: MLPCotangents
-    hessian: _OutputHessian
-    moments: ReluMoments | None
+    hessian: _OutputHessian | None = None
+    moments: ReluMoments | None = None
 
 
-class MLPGaussNewton:
-    """``v -> J^T F J v`` at ``objective.theta_old`` (the same product as
-    :meth:`~metarl.maml_rl.MetaObjective.gauss_newton_hvp`) with :class:`MLPCalculus`: the
-    inner steps' passes and Hessians and the adapted policies' pass on the valid observations
-    are computed once; each product pushes ``v`` through the inner steps (``(I - lr H_k) u``,
-    ``H_k`` by the R-operator), the valid outputs' tangent, the KL's output Hessian and back."""
+class MLPAccelerator:
+    """Derivatives of ``objective``'s meta-KL by :class:`MLPCalculus`, equal to
+    :class:`~metarl.maml_rl.MetaObjective`'s: :meth:`kl_grad` (what finite-difference products
+    difference) and :meth:`gauss_newton_hvp` at ``objective.theta_old``. Each pulls a cotangent
+    back through the inner steps as ``(I - lr H_k) u`` with ``H_k`` the inner loss's Hessian by
+    the R-operator. For the Gauss-Newton products the passes at ``theta_old``, the output-space
+    Hessians and the low-rank row sums are computed once, on the first product."""
 
     def __init__(self, policy: Policy, objective: MetaObjective) -> None:
         assert isinstance(policy.network, MLPNetwork)
@@ -531,50 +531,99 @@ class MLPGaussNewton:
         self.calc = MLPCalculus(policy.network, policy.prefix)
         self.theta_old = objective.theta_old
         self.low_rank = self.calc.supports_low_rank()
-        adaptation, valid = objective.adaptation, objective.valid
-        train = adaptation.rows
-        self.num_tasks = train.observations.shape[0]
-        self._inner_loss = _over_tasks(partial(_vpg_rows, policy), (train,), total=True)
+        self.train, self.valid = objective.adaptation.rows, objective.valid
+        self.num_tasks = self.train.observations.shape[0]
+        self._inner_loss = _over_tasks(partial(_vpg_rows, policy), (self.train,), total=True)
+        old = (self.valid, objective.old_stats)
+        self._kl = _over_tasks(partial(_kl_rows, policy), old, total=False)
+        self._at_old: tuple[tuple[_Point, ...], Params, MLPTrace] | None = None
+        self._kl_hessian: _OutputHessian | None = None
+        self._jac: OutputJacobian | None = None
+
+    def kl_grad(self, theta: Params) -> Tensor:
+        """Flat gradient of the meta-KL at ``theta``, re-adapting from the same episodes."""
         with torch.no_grad():
-            params = self._expand(self.theta_old)
-            steps = []
-            for _ in range(self.inner.steps):
-                point, grads = self._point(params, train.observations)
-                steps.append(point)
-                params = {k: p - self.inner.lr * grads[k] for k, p in params.items()}
-            self.steps = () if self.inner.first_order else tuple(steps)
-            self.params = params
-            self.trace = self.calc.body_trace(params, valid.observations)
+            steps, params = self._adapt(theta, prepared=False)
+            trace = self.calc.body_trace(params, self.valid.observations)
+            _, g_out, g_head = _output_grad(self._kl, trace.output, self.calc.head_params(params))
+            z = {**self.calc.body_vjp(params, trace, g_out).grads, **g_head}
+            return self._pull_back(steps, z)
+
+    def gauss_newton_hvp(self, v: Tensor) -> Tensor:
+        """``J^T F J v`` at ``theta_old``, without damping (see
+        :meth:`~metarl.maml_rl.MetaObjective.gauss_newton_hvp`)."""
+        calc = self.calc
+        with torch.no_grad():
+            steps, params, trace = self._prepared()
+            assert self._kl_hessian is not None
+            u = self._expand(unflatten_params(v, self.theta_old))
+            for point in steps:
+                u = self._through_step(point, u)
+            if self._jac is None:
+                out_t = calc.body_jvp(params, trace, u).output
+            else:
+                out_t = calc.low_rank_jvp(params, trace, self._jac, u)[0]
+            out_c, head_c = self._kl_hessian.apply(out_t, calc.head_params(u))
+            if self._jac is None:
+                z = calc.body_vjp(params, trace, out_c).grads
+            else:
+                z = calc.low_rank_vjp(params, trace, self._jac, out_c)
+            return self._pull_back(steps, {**z, **head_c})
+
+    def _prepared(self) -> tuple[tuple[_Point, ...], Params, MLPTrace]:
+        """The passes at ``theta_old`` with the Hessians and row sums (computed once)."""
+        if self._at_old is None:
+            steps, params = self._adapt(self.theta_old, prepared=True)
+            trace = self.calc.body_trace(params, self.valid.observations)
             head = self.calc.head_params(params)
-            old = torch.func.vmap(policy.head.stats)(head, self.trace.output)
-            kl = _over_tasks(partial(_kl_rows, policy), (valid, old), total=False)
-            self.kl_hessian = _output_hessian(kl, self.trace.output, head)
-            self.jac = self.calc.output_jacobian(params, self.trace) if self.low_rank else None
+            self._kl_hessian = _output_hessian(self._kl, trace.output, head)
+            self._jac = self.calc.output_jacobian(params, trace) if self.low_rank else None
+            self._at_old = (steps, params, trace)
+        return self._at_old
 
     def _expand(self, theta: Params) -> Params:
         k = self.num_tasks
         return {name: v.detach().expand(k, *v.shape).contiguous() for name, v in theta.items()}
 
-    def _point(self, params: Params, obs: Tensor) -> tuple[_Point, Params]:
-        """The inner loss's passes and Hessian at ``params``, and its gradient."""
+    def _adapt(self, theta: Params, *, prepared: bool) -> tuple[tuple[_Point, ...], Params]:
+        """The inner steps from ``theta``: their passes (none when first order, whose
+        meta-gradient does not pull back through them) and the adapted weights ``[K, ...]``."""
+        params, steps = self._expand(theta), []
+        for _ in range(self.inner.steps):
+            point, grads = self._point(params, prepared)
+            steps.append(point)
+            params = {k: p - self.inner.lr * grads[k] for k, p in params.items()}
+        return (() if self.inner.first_order else tuple(steps)), params
+
+    def _point(self, params: Params, prepared: bool) -> tuple[_Point, Params]:
+        """The inner loss's passes at ``params`` (with its Hessian and row sums when
+        ``prepared``), and its gradient."""
         calc = self.calc
-        trace = calc.body_trace(params, obs)
+        trace = calc.body_trace(params, self.train.observations)
         head = calc.head_params(params)
         _, g_out, g_head = _output_grad(self._inner_loss, trace.output, head)
         cot = calc.body_vjp(params, trace, g_out)
-        moments = calc.relu_moments(params, trace, cot) if self.low_rank else None
-        hessian = _output_hessian(self._inner_loss, trace.output, head)
-        return _Point(params, trace, cot, hessian, moments), {**cot.grads, **g_head}
+        point = _Point(params, trace, cot)
+        if prepared:
+            moments = calc.relu_moments(params, trace, cot) if self.low_rank else None
+            hessian = _output_hessian(self._inner_loss, trace.output, head)
+            point = _Point(params, trace, cot, hessian, moments)
+        return point, {**cot.grads, **g_head}
 
     def _inner_hvp(self, point: _Point, u: Params) -> Params:
         """``H u``: the inner loss's Hessian at ``point`` times task-batched ``u``."""
         calc, m = self.calc, point.moments
         tangent = calc.head_params(u)
+        at = (point.trace.output, calc.head_params(point.params))
         if m is None:
             tan = calc.body_jvp(point.params, point.trace, u)
-            out_t, head_t = point.hessian.apply(tan.output, tangent)
+            if point.hessian is None:
+                out_t, head_t = _output_hvp(self._inner_loss, at, (tan.output, tangent))
+            else:
+                out_t, head_t = point.hessian.apply(tan.output, tangent)
             body_t = calc.body_vjp_tangent(point.params, point.trace, point.cot, u, tan, out_t)
         else:
+            assert point.hessian is not None
             out_t, p = calc.low_rank_jvp(point.params, point.trace, m.jac, u)
             out_t, head_t = point.hessian.apply(out_t, tangent)
             body_t = calc.low_rank_vjp_tangent(point.params, point.trace, point.cot, m, u, p, out_t)
@@ -585,22 +634,8 @@ class MLPGaussNewton:
         hu = self._inner_hvp(point, u)
         return {k: u[k] - self.inner.lr * hu[k] for k in u}
 
-    def __call__(self, v: Tensor) -> Tensor:
-        calc = self.calc
-        with torch.no_grad():
-            u = self._expand(unflatten_params(v, self.theta_old))
-            for point in self.steps:
-                u = self._through_step(point, u)
-            if self.jac is None:
-                out_t = calc.body_jvp(self.params, self.trace, u).output
-            else:
-                out_t = calc.low_rank_jvp(self.params, self.trace, self.jac, u)[0]
-            out_c, head_c = self.kl_hessian.apply(out_t, calc.head_params(u))
-            if self.jac is None:
-                z = calc.body_vjp(self.params, self.trace, out_c).grads
-            else:
-                z = calc.low_rank_vjp(self.params, self.trace, self.jac, out_c)
-            z = {**z, **head_c}
-            for point in reversed(self.steps):
-                z = self._through_step(point, z)
-            return flatten_params({k: z[k].sum(0) for k in self.theta_old})
+    def _pull_back(self, steps: tuple[_Point, ...], z: Params) -> Tensor:
+        """Flat ``sum_k J_k^T z_k`` from cotangents ``z_k`` of the adapted weights."""
+        for point in reversed(steps):
+            z = self._through_step(point, z)
+        return flatten_params({k: z[k].sum(0) for k in self.theta_old})

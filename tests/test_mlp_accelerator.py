@@ -1,6 +1,6 @@
 """The hand-derived MLP calculus (metarl.mlp_accelerator): its passes against torch.func, and
-its Gauss-Newton products equal to the generic path's (float64), which meta_trpo_step picks
-for the default MLP unless trpo.accelerator is off."""
+its meta-KL gradients and Gauss-Newton products equal to the generic path's (float64), which
+meta_trpo_step picks for the default MLP unless trpo.accelerator is off."""
 
 import sys
 from pathlib import Path
@@ -24,7 +24,7 @@ from test_maml_rl import (
 
 from metarl.config import TRPOConfig
 from metarl.maml_rl import InnerLoop, MetaBatch, meta_trpo_step
-from metarl.mlp_accelerator import MLPCalculus, MLPGaussNewton, gauss_newton_product
+from metarl.mlp_accelerator import MLPAccelerator, MLPCalculus, accelerate
 from metarl.policies import (
     GaussianHead,
     GaussianMLPPolicy,
@@ -174,29 +174,57 @@ def test_accelerated_gauss_newton_equals_the_generic_product(
     n = flatten_params(theta).numel()
     for e in (batch.valid.episodes_per_task, 2):
         obj = objective(pol, theta, batch.first_valid_episodes(e))
-        fast = gauss_newton_product(pol, obj)
-        assert isinstance(fast, MLPGaussNewton)
+        fast = accelerate(pol, obj)
+        assert isinstance(fast, MLPAccelerator)
         assert fast.low_rank == (which != "tanh")
         for seed in (5, 6):
             v = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=D)
-            assert_products_equal(fast(v), obj.gauss_newton_hvp(v), v)
+            assert_products_equal(fast.gauss_newton_hvp(v), obj.gauss_newton_hvp(v), v)
 
 
+@pytest.mark.parametrize("inner", INNERS)
+@pytest.mark.parametrize("which", ["tanh", "relu", "categorical"])
+def test_accelerated_kl_gradient_equals_the_generic_one(
+    tanh64: tuple[Policy, Params, MetaBatch],
+    relu64: tuple[Policy, Params, MetaBatch],
+    which: str,
+    inner: InnerLoop,
+) -> None:
+    """What finite-difference products difference, at theta_old (where it is 0 up to
+    rounding: compared with a floor of the meta-gradient's scale) and away from it."""
+    setups = {"tanh": tanh64, "relu": relu64}
+    pol, theta, batch = setups[which] if which in setups else categorical_meta_batch()
+    batch = with_inner(batch, inner)
+    for e in (batch.valid.episodes_per_task, 2):
+        obj = objective(pol, theta, batch.first_valid_episodes(e))
+        fast = accelerate(pol, obj)
+        assert fast is not None
+        scale = float(obj.loss_and_grad(obj.theta_old)[1].norm())
+        for at in (obj.theta_old, perturbed(theta, 12)):
+            generic = obj.kl_grad(at)
+            atol = 1024 * torch.finfo(torch.float64).eps * scale
+            diff = float((fast.kl_grad(at) - generic).norm())
+            assert diff <= 1e-10 * float(generic.norm()) + atol, (diff, float(generic.norm()))
+        assert float(generic.norm()) > 1e-3
+
+
+@pytest.mark.parametrize("hvp", ["finite_difference", "gauss_newton"])
 def test_meta_trpo_step_picks_the_accelerator_for_the_mlp_only(
-    relu64: tuple[Policy, Params, MetaBatch], monkeypatch: pytest.MonkeyPatch
+    relu64: tuple[Policy, Params, MetaBatch], monkeypatch: pytest.MonkeyPatch, hvp: str
 ) -> None:
     pol, theta, batch = relu64
     calls = {"n": 0}
-    real_call = MLPGaussNewton.__call__
+    method = "kl_grad" if hvp == "finite_difference" else "gauss_newton_hvp"
+    real = getattr(MLPAccelerator, method)
 
-    def counted(self: MLPGaussNewton, v: Tensor) -> Tensor:
+    def counted(self: MLPAccelerator, x: object) -> Tensor:
         calls["n"] += 1
-        return real_call(self, v)
+        return real(self, x)  # type: ignore[no-any-return]
 
-    monkeypatch.setattr(MLPGaussNewton, "__call__", counted)
+    monkeypatch.setattr(MLPAccelerator, method, counted)
     steps = {}
     for accelerator in (True, False):
-        config = TRPOConfig(hvp="gauss_newton", accelerator=accelerator)
+        config = TRPOConfig(hvp=hvp, accelerator=accelerator)  # type: ignore[arg-type]
         new, stats = meta_trpo_step(pol, theta, batch, config)
         assert stats.step_accepted
         steps[accelerator] = flatten_params(new)
@@ -211,7 +239,7 @@ def test_meta_trpo_step_picks_the_accelerator_for_the_mlp_only(
         network=NetworkSpec(factory="test_mlp_accelerator:plain_sequential"),
     )
     other = Policy(spec)
-    assert gauss_newton_product(other, objective(pol, theta, batch)) is None
+    assert accelerate(other, objective(pol, theta, batch)) is None
 
 
 def plain_sequential(obs_dim: int, out_dim: int) -> nn.Module:
