@@ -418,8 +418,7 @@ class MetaObjective:
         with torch.no_grad():
             stats = valid_stats(policy, adaptation.params, self.valid)
         self.old_stats: DistStats = {k: v.detach() for k, v in stats.items()}
-        self._out = torch.empty(0)
-        self._net_vjp: Callable[[Tensor], tuple[Params]] | None = None
+        self._net: tuple[Tensor, Callable[[Tensor], tuple[Params]]] | None = None
 
     def _adapted(self, theta: Params) -> Params:
         return adapt_all(self.policy, self.inner, self.adaptation.rows, theta)
@@ -468,15 +467,16 @@ class MetaObjective:
             fn = partial(adapt_all, self.policy, self.inner, adaptation.rows, per_task=True)
             pushed = torch.func.jvp(fn, (adaptation.expand(self.theta_old),), (tangent,))[1]
         net = self._network_outputs
-        if self._net_vjp is None:
+        if self._net is None:  # the outputs at the old policies, and their pull-back
             result = torch.func.vjp(net, adaptation.params)
-            self._out, self._net_vjp = result[0], result[1]
+            self._net = (result[0], result[1])
+        out, net_vjp = self._net
         out_t = torch.func.jvp(net, (adaptation.params,), (pushed,))[1]
         hessian = torch.func.jvp(
             torch.func.grad(self._kl_of_outputs, argnums=(0, 1)),
-            (self._out, adaptation.params), (out_t, pushed),
+            (out, adaptation.params), (out_t, pushed),
         )[1]  # fmt: skip
-        from_out: Params = self._net_vjp(hessian[0])[0]
+        from_out: Params = net_vjp(hessian[0])[0]
         return self._pull_sum({k: from_out[k] + hessian[1][k] for k in from_out})
 
     def _network_outputs(self, adapted: Params) -> Tensor:
