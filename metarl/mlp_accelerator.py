@@ -66,7 +66,7 @@ class MLPTrace:
 
 @dataclass(frozen=True)
 class MLPCotangents:
-    """A task-batched backward pass (:meth:`MLPPolicy.body_vjp`).
+    """A task-batched backward pass (:meth:`MLPCalculus.body_vjp`).
 
     ``grads`` holds the body weights' cotangents (``[K, ...]``, summed over rows);
     ``signals[l]`` the cotangent of linear layer ``l``'s output (``[K, R, n_out]``) and
@@ -81,7 +81,7 @@ class MLPCotangents:
 
 @dataclass(frozen=True)
 class MLPTangents:
-    """A task-batched forward-mode pass (:meth:`MLPPolicy.body_jvp`): the tangent of each
+    """A task-batched forward-mode pass (:meth:`MLPCalculus.body_jvp`): the tangent of each
     linear layer's input (``None`` for the observations, which have none), of each hidden
     pre-activation (only kept for an activation with curvature: tanh), and of the body
     output."""
