@@ -300,8 +300,9 @@ def eval_rng(seed: int) -> np.random.Generator:
 
 
 def step_lrs(eval_cfg: RLEvalConfig, train_lr: float) -> list[float]:
-    """The inner lr of each test step: ``eval.lr`` with its last value repeated, or ``train_lr``."""
-    given = list(eval_cfg.lr) if eval_cfg.lr is not None else [train_lr]
+    """The inner lr of each test step: ``eval.lr`` with its last value repeated; without it
+    ``train_lr`` for the first step and half of it after (the paper's test scripts)."""
+    given = list(eval_cfg.lr) if eval_cfg.lr is not None else [train_lr, train_lr / 2]
     return [given[min(i, len(given) - 1)] for i in range(eval_cfg.max_steps)]
 
 

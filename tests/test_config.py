@@ -159,7 +159,7 @@ def test_built_in_default_is_maml_trpo_on_navigation_with_the_papers_settings() 
     assert (cfg.meta_batch_size, cfg.episodes_per_task, cfg.inner.lr, cfg.inner.steps) == (
         20,
         20,
-        0.1,
+        0.5,
         1,
     )
     assert (cfg.trpo.max_kl, cfg.trpo.cg_iters, cfg.trpo.hvp) == (0.01, 10, "finite_difference")

@@ -66,7 +66,7 @@ def test_the_reference_lists_every_key_of_every_kind_with_its_kinds_default() ->
             default = tables[kind][key][1].strip().strip("`")
             assert yaml.safe_load(default) == value, (kind, key)
     rl = tables["rl"]
-    assert rl["inner.lr"][1].strip() == "`0.1`"  # the rl kind's default, not the section's 0.01
+    assert rl["inner.lr"][1].strip() == "`0.5`"  # the rl kind's default, not the section's 0.01
     assert rl["trpo.backtrack_ratio"][2].strip() == "> 0 and < 1"
     assert rl["sampler.backend"][0].strip() == r"'local' \| 'processes' \| 'ray'"
     doc = " ".join(field_docs(CONFIG_KINDS["rl"])["meta_batch_size"].split())

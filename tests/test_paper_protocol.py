@@ -194,3 +194,29 @@ def test_each_compared_run_is_fine_tuned_with_its_own_eval_lr(tmp_path: Path) ->
     assert first[1:] != second[1:]
     # the compared run c is fine-tuned exactly as b alone (same lr, same weights)
     assert np.allclose(second, alone, rtol=0, atol=0)
+
+
+def test_navigation_config_is_the_papers_point_protocol_and_the_built_in_default() -> None:
+    c: RLConfig = load_config(CONFIGS / "navigation2d.yaml")
+    assert (c.iterations, c.meta_batch_size, c.episodes_per_task, c.env.horizon) == (
+        100,
+        20,
+        20,
+        100,
+    )
+    assert (c.inner.lr, c.trpo.max_kl, c.trpo.hvp, c.trpo.hvp_subsample) == (
+        0.5,
+        0.01,
+        "finite_difference",
+        1.0,
+    )
+    assert c.env.normalize_actions and not c.bootstrap_truncated
+    assert (c.eval.num_tasks, c.eval.episodes_per_task, c.eval.lr) == (40, 40, (0.5, 0.25))
+    for method in ("pretrained", "random"):
+        assert load_config(CONFIGS / f"navigation2d_{method}.yaml").eval.lr == (0.5, 0.25)
+    # the built-in default is the same, and its eval lr rule (null) gives the paper's rates
+    default = load_config(None)
+    assert load_config(CONFIGS / "navigation2d.yaml", ["eval.lr=null"]) == default
+    from metarl.rl import step_lrs
+
+    assert step_lrs(default.eval, default.inner.lr) == [0.5, 0.25, 0.25]
