@@ -30,7 +30,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-import envs  # noqa: F401  (registers the metarl/ envs)
+import metarl  # noqa: F401  (registers the metarl/ envs)
 
 PAIRS = {  # ours -> raw
     "metarl/HalfCheetahVel-v0": "HalfCheetah-v5",
@@ -137,8 +137,9 @@ def same_steps_figures(ours: str, n: int, args: argparse.Namespace) -> dict[str,
     (a fallen ant has other contacts, resets cost extra): here all step the same episodes
     from the same seeds with the same ``--same-steps`` action rows (bitwise the same MuJoCo
     work): the batched env, and ``n`` raw v5 envs or ``n`` of our single envs in a
-    :class:`metarl.vector.SerialVectorEnv` (what the sampler steps without a batched env)."""
-    from metarl.vector import SerialVectorEnv
+    :class:`metarl.rl.sampling.processes.SerialVectorEnv` (what the sampler steps without a
+    batched env)."""
+    from metarl.rl.sampling.processes import SerialVectorEnv
 
     raw = PAIRS[ours]
     name, raw_name = ours.split("/")[1].removesuffix("-v0"), raw.removesuffix("-v5") + "_v5"

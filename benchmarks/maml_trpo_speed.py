@@ -61,12 +61,13 @@ import torch
 from torch import Tensor
 
 from metarl.config import load_config
-from metarl.maml_rl import MetaBatch, MetaObjective, TaskAdaptation, adapt_meta_batch
-from metarl.mlp_accelerator import accelerate
-from metarl.rl import MAMLTRPOLearner, make_policy, task_env
+from metarl.rl.learners import MAMLTRPOLearner, make_policy, task_env
+from metarl.rl.maml_trpo import MetaBatch, MetaObjective, TaskAdaptation, adapt_meta_batch
+from metarl.rl.mlp_accelerator import accelerate
+from metarl.rl.sampling import make_sampler
+from metarl.rl.sampling.envs import make_env
+from metarl.rl.trpo import conjugate_gradient, exact_hvp_closure, hvp_finite_difference
 from metarl.rngs import Rngs
-from metarl.sampler import make_env, make_sampler
-from metarl.trpo import conjugate_gradient, exact_hvp_closure, hvp_finite_difference
 
 METHODS = ("finite_difference", "exact", "gauss_newton")
 NAV = ["kind=rl", "env.id=metarl/Navigation2D-v0", "env.horizon=100", "meta_batch_size=20"]

@@ -35,8 +35,10 @@ import torch
 from maml_trpo_speed import raw_cheetah_rate  # this folder is sys.path[0] for a script
 
 from metarl.config import load_config
-from metarl.rl import make_policy, task_env
-from metarl.sampler import EpisodeSampler, make_env, make_sampler
+from metarl.rl.learners import make_policy, task_env
+from metarl.rl.sampling import make_sampler
+from metarl.rl.sampling.base import EpisodeSampler
+from metarl.rl.sampling.envs import make_env
 
 ENV_ID = "metarl/HalfCheetahVel-v0"
 

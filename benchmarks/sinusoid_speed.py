@@ -21,8 +21,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch
 
 from metarl.config import load_config
-from metarl.networks import apply
 from metarl.rngs import Rngs
+from metarl.supervised.networks import apply
 from metarl.supervised.sinusoid import SinusoidLearner, mse, sample_sinusoid_tasks
 
 

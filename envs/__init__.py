@@ -1,7 +1,10 @@
 """Task environments of the MAML paper, registered with Gymnasium under the ``metarl/`` namespace.
 
-``import envs`` (or ``import metarl``) registers them; then ``gymnasium.make("metarl/<Name>-v0")``
-works, as does ``gymnasium.make("envs:metarl/<Name>-v0")`` without importing anything first.
+This folder is the package ``metarl.envs`` (never a bare ``envs``, which a user's own folder of
+that name could shadow; see docs/layout.md). ``import metarl`` registers them; then
+``gymnasium.make("metarl/<Name>-v0")`` works, as does
+``gymnasium.make("metarl.envs:metarl/<Name>-v0")`` without importing anything first. Its
+modules import each other relatively, so they work under that name whichever way it is provided.
 
 =========================  ===================  ===============================  =======
 id                         task                 distribution                     horizon
@@ -25,27 +28,27 @@ from __future__ import annotations
 
 import gymnasium
 
-from envs.tasks import DirectionTask, GoalTask, NavigationTask, VelocityTask
+from .tasks import DirectionTask, GoalTask, NavigationTask, VelocityTask
 
 __all__ = ["ENV_IDS", "DirectionTask", "GoalTask", "NavigationTask", "VelocityTask"]
 
 NAMESPACE = "metarl"
 
 _ENTRY_POINTS: dict[str, tuple[str, int]] = {
-    "Navigation2D-v0": ("envs.navigation:Navigation2DEnv", 100),
-    "HalfCheetahVel-v0": ("envs.half_cheetah:HalfCheetahVelEnv", 200),
-    "HalfCheetahDir-v0": ("envs.half_cheetah:HalfCheetahDirEnv", 200),
-    "AntVel-v0": ("envs.ant:AntVelEnv", 200),
-    "AntDir-v0": ("envs.ant:AntDirEnv", 200),
-    "AntGoal-v0": ("envs.ant:AntGoalEnv", 200),
+    "Navigation2D-v0": ("metarl.envs.navigation:Navigation2DEnv", 100),
+    "HalfCheetahVel-v0": ("metarl.envs.half_cheetah:HalfCheetahVelEnv", 200),
+    "HalfCheetahDir-v0": ("metarl.envs.half_cheetah:HalfCheetahDirEnv", 200),
+    "AntVel-v0": ("metarl.envs.ant:AntVelEnv", 200),
+    "AntDir-v0": ("metarl.envs.ant:AntDirEnv", 200),
+    "AntGoal-v0": ("metarl.envs.ant:AntGoalEnv", 200),
 }
 _VECTOR_ENTRY_POINTS = {
-    "Navigation2D-v0": "envs.navigation:Navigation2DVectorEnv",
-    "HalfCheetahVel-v0": "envs.half_cheetah:HalfCheetahVelVectorEnv",
-    "HalfCheetahDir-v0": "envs.half_cheetah:HalfCheetahDirVectorEnv",
-    "AntVel-v0": "envs.ant:AntVelVectorEnv",
-    "AntDir-v0": "envs.ant:AntDirVectorEnv",
-    "AntGoal-v0": "envs.ant:AntGoalVectorEnv",
+    "Navigation2D-v0": "metarl.envs.navigation:Navigation2DVectorEnv",
+    "HalfCheetahVel-v0": "metarl.envs.half_cheetah:HalfCheetahVelVectorEnv",
+    "HalfCheetahDir-v0": "metarl.envs.half_cheetah:HalfCheetahDirVectorEnv",
+    "AntVel-v0": "metarl.envs.ant:AntVelVectorEnv",
+    "AntDir-v0": "metarl.envs.ant:AntDirVectorEnv",
+    "AntGoal-v0": "metarl.envs.ant:AntGoalVectorEnv",
 }
 
 ENV_IDS: tuple[str, ...] = tuple(f"{NAMESPACE}/{name}" for name in _ENTRY_POINTS)

@@ -27,8 +27,8 @@ import numpy as np
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
 from numpy.typing import NDArray
 
-from envs.mujoco_base import BoolArray, FloatArray, MujocoTaskEnvMixin, MujocoTaskVectorEnv
-from envs.tasks import (
+from .mujoco_base import BoolArray, FloatArray, MujocoTaskEnvMixin, MujocoTaskVectorEnv
+from .tasks import (
     DirectionTask,
     GoalTask,
     RandomDirection,

@@ -21,8 +21,8 @@ import numpy as np
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 from numpy.typing import NDArray
 
-from envs.mujoco_base import FloatArray, MujocoTaskEnvMixin, MujocoTaskVectorEnv
-from envs.tasks import DirectionTask, RandomDirection, UniformVelocity, VelocityTask
+from .mujoco_base import FloatArray, MujocoTaskEnvMixin, MujocoTaskVectorEnv
+from .tasks import DirectionTask, RandomDirection, UniformVelocity, VelocityTask
 
 __all__ = [
     "HalfCheetahDirEnv",

@@ -23,7 +23,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from numpy.typing import NDArray
 
-from envs.tasks import TaskEnvMixin, TaskVectorEnvMixin
+from .tasks import TaskEnvMixin, TaskVectorEnvMixin
 
 __all__ = ["MujocoTaskEnvMixin", "MujocoTaskVectorEnv", "compile_model"]
 
@@ -76,7 +76,7 @@ FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
 
 
-class MujocoTaskVectorEnv(TaskVectorEnvMixin[TaskT], VectorEnv[FloatArray, Any, FloatArray]):
+class MujocoTaskVectorEnv(TaskVectorEnvMixin[TaskT], VectorEnv[FloatArray, Any, NDArray[Any]]):
     """``num_envs`` copies of a v5 MuJoCo task env stepped by one object in one process.
 
     Each sub-env keeps its own ``MjData`` (so its constraint-solver warm start carries over

@@ -21,7 +21,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from numpy.typing import NDArray
 
-from envs.tasks import NavigationTask, TaskEnvMixin, TaskVectorEnvMixin, UniformGoal
+from .tasks import NavigationTask, TaskEnvMixin, TaskVectorEnvMixin, UniformGoal
 
 __all__ = ["Navigation2DEnv", "Navigation2DVectorEnv"]
 

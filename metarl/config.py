@@ -236,7 +236,7 @@ class TRPOConfig:
     fd_base_eps: float = bounded(1.0, gt=0.0)
     """Finite-difference scale: eps = fd_base_eps / (|theta| + 1e-8). The paper's 1e-5 gives
     products unrelated to the Hessian for a ReLU policy in float32 (rounding, and the ReLU kinks
-    the origin sits on at initialisation); see metarl.trpo.DEFAULT_FD_BASE_EPS."""
+    the origin sits on at initialisation); see metarl.rl.trpo.DEFAULT_FD_BASE_EPS."""
     backtrack_ratio: float = bounded(0.8, gt=0.0, lt=1.0)
     """Line-search shrink factor."""
     max_backtracks: int = bounded(15, ge=1)
@@ -254,7 +254,7 @@ class TRPOConfig:
     accelerator: bool = True
     """true: for the default MLP policy, the meta-KL gradients that finite-difference products
     difference and the gauss_newton products come from hand-derived MLP calculus
-    (metarl.mlp_accelerator; at the paper's Navigation2D size 1.27x and 2.3x faster per
+    (metarl.rl.mlp_accelerator; at the paper's Navigation2D size 1.27x and 2.3x faster per
     meta-iteration); every other network, and exact products, use the generic torch.func path.
     false (or off): always the generic path."""
 

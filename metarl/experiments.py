@@ -87,7 +87,7 @@ def _sinusoid_evaluate(runs: Sequence[Checkpoint], options: EvalOptions) -> Eval
 def _check_env(config: Any) -> None:
     """An unknown env id, or an env that does not follow the task protocol, is an error of
     the config key 'env.id' (named), not a traceback from the sampler mid-run."""
-    from metarl.sampler import make_env, resolve_env_id
+    from metarl.rl.sampling.envs import make_env, resolve_env_id
     from metarl.tasks import TaskEnvError, check_task_protocol
 
     try:
@@ -129,7 +129,7 @@ def _check_sampler(config: Any, num_tasks: int, episodes: int, keys: tuple[str, 
 
 
 def _rl_learner(config: Any, rngs: Rngs) -> Learner:
-    from metarl.rl import make_rl_learner
+    from metarl.rl.learners import make_rl_learner
 
     keys = ("meta_batch_size", "episodes_per_task")
     _check_sampler(config, config.meta_batch_size, config.episodes_per_task, keys)
@@ -138,7 +138,7 @@ def _rl_learner(config: Any, rngs: Rngs) -> Learner:
 
 
 def _rl_evaluate(runs: Sequence[Checkpoint], options: EvalOptions) -> EvalResult:
-    from metarl.rl import evaluate_rl
+    from metarl.rl.evaluation import evaluate_rl
 
     eval_cfg = _eval_config(runs[0].config, options, episodes_key="episodes_per_task")
     for run in runs:

@@ -13,10 +13,10 @@ from typing import Any
 
 import gymnasium as gym
 import torch
+from metarl.envs.navigation import Navigation2DEnv
 from torch import nn
 
-from envs.navigation import Navigation2DEnv
-from metarl.policies import GaussianHead, NetworkSpec, Policy, PolicySpec
+from metarl.rl.policies import GaussianHead, NetworkSpec, Policy, PolicySpec
 
 FLAG_DIR = "METARL_TEST_FLAG_DIR"
 ENV_ID = "ray_envs:FlakyNavigation2D-v0"

@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from metarl.baselines import fit_linear_baseline, linear_features, ridge_solve
-from metarl.episodes import EpisodeBatch
+from metarl.rl.baselines import fit_linear_baseline, linear_features, ridge_solve
+from metarl.rl.episodes import EpisodeBatch
 
 GAMMA = 0.9
 

@@ -18,20 +18,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_maml_rl import D, central_fd_grad, make_meta_batch, perturbed, rel
 
 from metarl.cli import main
-from metarl.config import ConfigError, load_config
-from metarl.maml_rl import (
-    InnerLoop,
+from metarl.config import ConfigError, InnerLoopConfig, load_config
+from metarl.rl.learners import make_rl_learner
+from metarl.rl.maml_trpo import (
     MetaObjective,
     adapt_meta_batch,
     adapted_stats,
     meta_kl,
     meta_surrogate,
 )
-from metarl.policies import CompositeLayerNorm, GaussianHead, NetworkSpec, Policy, PolicySpec
-from metarl.rl import make_rl_learner
+from metarl.rl.policies import CompositeLayerNorm, GaussianHead, NetworkSpec, Policy, PolicySpec
+from metarl.rl.trpo import exact_hvp_closure, flat_grad, flatten_params, hvp_finite_difference
 from metarl.rngs import Rngs
 from metarl.trainer import load_checkpoint
-from metarl.trpo import exact_hvp_closure, flat_grad, flatten_params, hvp_finite_difference
 
 
 class ResidualNet(nn.Module):
@@ -99,7 +98,7 @@ def test_initial_weights_are_the_networks_own_init_under_the_callers_generator()
 def custom64() -> tuple[Policy, dict[str, Tensor], object]:
     pol = policy()
     theta = perturbed(pol.init_params(torch.Generator().manual_seed(0), dtype=D), 1)
-    return pol, theta, make_meta_batch(pol, theta, InnerLoop(), seed=5)
+    return pol, theta, make_meta_batch(pol, theta, InnerLoopConfig(lr=0.1), seed=5)
 
 
 def test_meta_gradient_of_the_user_network_matches_finite_differences(custom64: tuple) -> None:
@@ -120,7 +119,7 @@ def test_hvps_of_the_user_network_match_finite_differences_of_the_meta_kl_gradie
     pol, theta, batch = custom64
     batch = type(batch)(
         batch.train, batch.train_advantages, batch.valid, batch.valid_advantages,
-        InnerLoop(steps=steps),
+        InnerLoopConfig(steps=steps, lr=0.1),
     )  # fmt: skip
     adaptation = adapt_meta_batch(pol, theta, batch.train, batch.train_advantages, batch.inner)
     obj = MetaObjective(pol, batch, adaptation)

@@ -10,10 +10,10 @@ import mujoco
 import numpy as np
 import pytest
 from gymnasium.envs.mujoco.mujoco_env import expand_model_path
+from metarl.envs import DirectionTask, GoalTask, VelocityTask
+from metarl.envs.mujoco_base import compile_model
 
-import envs  # noqa: F401  (registers the metarl/ envs)
-from envs import DirectionTask, GoalTask, VelocityTask
-from envs.mujoco_base import compile_model
+import metarl  # noqa: F401  (registers the metarl/ envs)
 
 DT = 0.05  # 5 frames of 0.01 s, for both models
 CHEETAH_ACTION = np.array([0.5, -0.3, 0.2, 0.1, -0.8, 0.4], dtype=np.float32)
@@ -229,7 +229,7 @@ def test_set_task_changes_the_reward_as_specified(env_id, task_a, task_b, differ
     ],
 )
 def test_batched_half_cheetah_equals_single_envs_bitwise(env_id: str, tasks: list) -> None:
-    from metarl.vector import SerialVectorEnv
+    from metarl.rl.sampling.processes import SerialVectorEnv
 
     kwargs = {"max_episode_steps": 7}  # 20 steps: two time-limit ends and autoresets each
     batched = gym.make_vec(env_id, num_envs=4, vectorization_mode="vector_entry_point", **kwargs)
@@ -326,7 +326,7 @@ def _assert_same_ant_rollouts(batched, single, *, steps: int, seed: int) -> dict
 def test_batched_ant_equals_single_envs_bitwise(env_id: str) -> None:
     """Per-sub-env tasks, seeded resets, healthy-z terminations, time limits (30 steps here)
     and the NEXT_STEP autoresets after both: bitwise the single envs' through all of it."""
-    from metarl.vector import SerialVectorEnv
+    from metarl.rl.sampling.processes import SerialVectorEnv
 
     tasks, kwargs = ANT_TASKS[env_id], {"max_episode_steps": 30}
     batched = gym.make_vec(env_id, num_envs=4, vectorization_mode="vector_entry_point", **kwargs)
@@ -362,7 +362,7 @@ def test_batched_ant_terminates_outside_the_healthy_z_range_and_autoresets() -> 
 def test_batched_ant_options_equal_single_envs_bitwise() -> None:
     """Ant-v5's knobs reach the batched env as the single env: no contact forces or with x/y
     in the observation, other clip and healthy ranges, the main body by name, no termination."""
-    from metarl.vector import SerialVectorEnv
+    from metarl.rl.sampling.processes import SerialVectorEnv
 
     env_id = "metarl/AntDir-v0"
     variants = [

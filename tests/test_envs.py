@@ -8,10 +8,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
+from metarl.envs import DirectionTask, GoalTask, NavigationTask, VelocityTask
+from metarl.envs.navigation import Navigation2DVectorEnv
 
-import envs
-from envs import DirectionTask, GoalTask, NavigationTask, VelocityTask
-from envs.navigation import Navigation2DVectorEnv
+from metarl import envs
 
 NAV = "metarl/Navigation2D-v0"
 TASK_TYPES = {
@@ -240,7 +240,7 @@ def test_navigation_observation_space_allows_leaving_the_goal_box() -> None:
 
 
 def test_make_with_module_prefix() -> None:
-    env = gym.make("envs:metarl/Navigation2D-v0")
+    env = gym.make("metarl.envs:metarl/Navigation2D-v0")
     assert type(env.unwrapped).__name__ == "Navigation2DEnv"
     assert env.spec is not None and env.spec.max_episode_steps == 100
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from metarl.episodes import EpisodeBatch, discounted_returns, gae, merge_tasks, split_tasks
+from metarl.rl.episodes import EpisodeBatch, discounted_returns, gae, merge_tasks, split_tasks
 
 NAN = math.nan
 D = torch.float64

@@ -5,32 +5,30 @@ The data is a small synthetic 2D point-mass navigation meta-batch sampled from t
 a fixed generator: train episodes with theta, valid episodes with the adapted theta_i.
 """
 
+import dataclasses
+
 import pytest
 import torch
 from torch import Tensor
 
-from metarl.config import TRPOConfig
-from metarl.episodes import EpisodeBatch
-from metarl.maml_rl import (
-    InnerLoop,
+from metarl.config import InnerLoopConfig, TRPOConfig
+from metarl.rl.episodes import EpisodeBatch
+from metarl.rl.losses import compute_advantages, normalize_advantages, surrogate_loss, vpg_loss
+from metarl.rl.maml_trpo import (
     MetaBatch,
     MetaObjective,
     adapt_meta_batch,
     adapt_policy,
     adapt_tasks,
     adapted_stats,
-    compute_advantages,
     curvature_episodes,
     meta_kl,
     meta_surrogate,
     meta_surrogate_and_kl,
     meta_trpo_step,
-    normalize_advantages,
-    surrogate_loss,
-    vpg_loss,
 )
-from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, Params, Policy
-from metarl.trpo import (
+from metarl.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, Params, Policy
+from metarl.rl.trpo import (
     flat_grad,
     flatten_params,
     hvp_exact,
@@ -94,7 +92,7 @@ def small_policy() -> Policy:
 
 
 def make_meta_batch(
-    policy: Policy, theta: Params, inner: InnerLoop, seed: int = 0, num_tasks: int = 3
+    policy: Policy, theta: Params, inner: InnerLoopConfig, seed: int = 0, num_tasks: int = 3
 ) -> MetaBatch:
     gen = torch.Generator().manual_seed(seed)
     dtype = theta["log_std"].dtype
@@ -118,10 +116,10 @@ def perturbed(params: Params, seed: int, scale: float = 0.05) -> Params:
 def setup64() -> tuple[Policy, Params, MetaBatch]:
     pol = small_policy()
     theta = pol.init_params(torch.Generator().manual_seed(0), dtype=D)
-    return pol, theta, make_meta_batch(pol, theta, InnerLoop())
+    return pol, theta, make_meta_batch(pol, theta, InnerLoopConfig(lr=0.1))
 
 
-def with_inner(batch: MetaBatch, inner: InnerLoop) -> MetaBatch:
+def with_inner(batch: MetaBatch, inner: InnerLoopConfig) -> MetaBatch:
     return MetaBatch(
         batch.train, batch.train_advantages, batch.valid, batch.valid_advantages, inner
     )
@@ -195,7 +193,7 @@ def test_vmapped_objectives_equal_loop_over_tasks(
     setup64: tuple[Policy, Params, MetaBatch], steps: int
 ) -> None:
     pol, theta, batch = setup64
-    batch = with_inner(batch, InnerLoop(steps=steps, lr=0.1))
+    batch = with_inner(batch, InnerLoopConfig(steps=steps, lr=0.1))
     old = adapted_stats(pol, theta, batch)
     p = perturbed(theta, 2)
     loss_loop, kl_loop = loop_objectives(pol, p, batch, old)
@@ -250,7 +248,7 @@ def test_first_order_flag(setup64: tuple[Policy, Params, MetaBatch]) -> None:
     pol, theta, batch = setup64
     p = perturbed(theta, 5)
     second = flat_grad(lambda q: meta_surrogate(pol, q, batch), p)[1]
-    fo_batch = with_inner(batch, InnerLoop(first_order=True))
+    fo_batch = with_inner(batch, InnerLoopConfig(lr=0.1, first_order=True))
     first = flat_grad(lambda q: meta_surrogate(pol, q, fo_batch), p)[1]
     # hand-built FOMAML: grad of the valid surrogate w.r.t. theta_i at theta_i, summed over tasks
     adapted = adapt_tasks(pol, p, batch.train, batch.train_advantages, batch.inner)
@@ -298,7 +296,7 @@ def test_fd_hvp_matches_exact_on_meta_kl_float64(
 def test_fd_hvp_matches_exact_on_meta_kl_float32() -> None:
     pol = small_policy()
     theta = pol.init_params(torch.Generator().manual_seed(0))
-    batch = make_meta_batch(pol, theta, InnerLoop(), seed=1)
+    batch = make_meta_batch(pol, theta, InnerLoopConfig(lr=0.1), seed=1)
     # the vector CG multiplies first: the meta-gradient (its scale matters for float32 FD)
     v = flat_grad(lambda q: meta_surrogate(pol, q, batch), theta)[1]
     for at in (theta, perturbed(theta, 6)):
@@ -318,7 +316,7 @@ def relu_policy() -> Policy:
 def relu64() -> tuple[Policy, Params, MetaBatch]:
     pol = relu_policy()
     theta = perturbed(pol.init_params(torch.Generator().manual_seed(0), dtype=D), 11)
-    return pol, theta, make_meta_batch(pol, theta, InnerLoop(), seed=2)
+    return pol, theta, make_meta_batch(pol, theta, InnerLoopConfig(lr=0.1), seed=2)
 
 
 def objective(pol: Policy, theta: Params, batch: MetaBatch) -> MetaObjective:
@@ -364,12 +362,16 @@ def test_gradient_comparison_floors_rounding_noise_only() -> None:
             assert_grads_close(wrong, big, scale=float(big.norm()))
 
 
-INNERS = [InnerLoop(), InnerLoop(steps=2), InnerLoop(first_order=True)]
+INNERS = [
+    InnerLoopConfig(lr=0.1),
+    InnerLoopConfig(steps=2, lr=0.1),
+    InnerLoopConfig(lr=0.1, first_order=True),
+]
 
 
 @pytest.mark.parametrize("inner", INNERS)
 def test_meta_gradient_at_theta_old_reuses_the_adaptation_and_matches_finite_differences(
-    relu64: tuple[Policy, Params, MetaBatch], inner: InnerLoop
+    relu64: tuple[Policy, Params, MetaBatch], inner: InnerLoopConfig
 ) -> None:
     """The gradient the outer step takes at theta_old (pulled back through the adaptation the
     learner sampled with) against central differences of the meta-objective, float64."""
@@ -392,7 +394,7 @@ def test_meta_gradient_at_theta_old_reuses_the_adaptation_and_matches_finite_dif
 def test_meta_objective_matches_autograd_on_the_objectives(
     setup64: tuple[Policy, Params, MetaBatch],
     relu64: tuple[Policy, Params, MetaBatch],
-    inner: InnerLoop,
+    inner: InnerLoopConfig,
     which: str,
 ) -> None:
     pol, theta, batch = setup64 if which == "tanh" else relu64
@@ -430,7 +432,7 @@ def test_adapt_meta_batch_equals_adapt_tasks_and_is_reused_by_the_outer_step(
     adaptation = adapt_meta_batch(pol, theta, batch.train, batch.train_advantages, batch.inner)
     with pytest.raises(ValueError, match="adaptation must come from adapt_meta_batch at params"):
         meta_trpo_step(pol, perturbed(theta, 14), batch, adaptation=adaptation)
-    other = with_inner(batch, InnerLoop(lr=0.05))
+    other = with_inner(batch, InnerLoopConfig(lr=0.05))
     with pytest.raises(ValueError, match="adaptation must come from adapt_meta_batch"):
         MetaObjective(pol, other, adaptation)
 
@@ -444,7 +446,7 @@ def test_gauss_newton_hvp_is_the_exact_meta_kl_hessian_at_theta_old(
     setup64: tuple[Policy, Params, MetaBatch],
     relu64: tuple[Policy, Params, MetaBatch],
     which: str,
-    inner: InnerLoop,
+    inner: InnerLoopConfig,
 ) -> None:
     """J^T F J v by torch.func (J v through the kept pull-back for one step or first order,
     by jvp for two) against exact double backprop and against central differences of the
@@ -489,7 +491,7 @@ def test_fd_hvp_on_relu_meta_kl_at_init_needs_a_large_base_eps() -> None:
     carries an error ~ jump / eps; the config's default eps keeps that small in float32."""
     pol = GaussianMLPPolicy(obs_dim=2, act_dim=2, hidden_sizes=(16, 16), init_log_std=-0.5)
     theta = pol.init_params(torch.Generator().manual_seed(0))
-    batch = make_meta_batch(pol, theta, InnerLoop(), seed=3, num_tasks=4)
+    batch = make_meta_batch(pol, theta, InnerLoopConfig(lr=0.1), seed=3, num_tasks=4)
     obj = objective(pol, theta, batch)
     v = obj.loss_and_grad(obj.theta_old)[1]
     exact = obj.gauss_newton_hvp(v)
@@ -572,8 +574,8 @@ def test_meta_batch_validation(setup64: tuple[Policy, Params, MetaBatch]) -> Non
     _, _, batch = setup64
     with pytest.raises(ValueError, match="valid_advantages must have shape"):
         MetaBatch(batch.train, batch.train_advantages, batch.valid, batch.valid_advantages[:, :3])
-    with pytest.raises(ValueError, match="steps"):
-        InnerLoop(steps=0)
+    with pytest.raises(ValueError, match=r"inner\.steps must be >= 1"):
+        dataclasses.replace(batch, inner=InnerLoopConfig(steps=0))
     with pytest.raises(IndexError, match="first_episodes"):
         batch.first_valid_episodes(5)
 
@@ -607,7 +609,7 @@ def categorical_meta_batch() -> tuple[Policy, Params, MetaBatch]:
 
     train = episodes(theta, per_task=False)
     train_adv = compute_advantages(train, gamma=0.99)
-    adapted = adapt_tasks(pol, theta, train, train_adv, InnerLoop())
+    adapted = adapt_tasks(pol, theta, train, train_adv, InnerLoopConfig(lr=0.1))
     valid = episodes(adapted, per_task=True)
     return pol, theta, MetaBatch(train, train_adv, valid, compute_advantages(valid, gamma=0.99))
 

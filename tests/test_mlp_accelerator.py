@@ -1,4 +1,4 @@
-"""The hand-derived MLP calculus (metarl.mlp_accelerator): its passes against torch.func, and
+"""The hand-derived MLP calculus (metarl.rl.mlp_accelerator): its passes against torch.func, and
 its meta-KL gradients and Gauss-Newton products equal to the generic path's (float64), which
 meta_trpo_step picks for the default MLP unless trpo.accelerator is off."""
 
@@ -22,10 +22,10 @@ from test_maml_rl import (
     with_inner,
 )
 
-from metarl.config import TRPOConfig
-from metarl.maml_rl import InnerLoop, MetaBatch, meta_trpo_step
-from metarl.mlp_accelerator import MLPAccelerator, MLPCalculus, accelerate
-from metarl.policies import (
+from metarl.config import InnerLoopConfig, TRPOConfig
+from metarl.rl.maml_trpo import MetaBatch, meta_trpo_step
+from metarl.rl.mlp_accelerator import MLPAccelerator, MLPCalculus, accelerate
+from metarl.rl.policies import (
     GaussianHead,
     GaussianMLPPolicy,
     NetworkSpec,
@@ -33,7 +33,7 @@ from metarl.policies import (
     Policy,
     PolicySpec,
 )
-from metarl.trpo import flatten_params
+from metarl.rl.trpo import flatten_params
 
 
 def task_batched(pol: Policy, k: int, seed: int) -> Params:
@@ -148,14 +148,14 @@ def assert_products_equal(fast: Tensor, generic: Tensor, v: Tensor) -> None:
 def tanh64() -> tuple[Policy, Params, MetaBatch]:
     pol = small_policy()
     theta = pol.init_params(torch.Generator().manual_seed(0), dtype=D)
-    return pol, theta, make_meta_batch(pol, theta, InnerLoop())
+    return pol, theta, make_meta_batch(pol, theta, InnerLoopConfig(lr=0.1))
 
 
 @pytest.fixture(scope="module")
 def relu64() -> tuple[Policy, Params, MetaBatch]:
     pol = relu_policy()
     theta = perturbed(pol.init_params(torch.Generator().manual_seed(0), dtype=D), 11)
-    return pol, theta, make_meta_batch(pol, theta, InnerLoop(), seed=2)
+    return pol, theta, make_meta_batch(pol, theta, InnerLoopConfig(lr=0.1), seed=2)
 
 
 @pytest.mark.parametrize("inner", INNERS)
@@ -164,7 +164,7 @@ def test_accelerated_gauss_newton_equals_the_generic_product(
     tanh64: tuple[Policy, Params, MetaBatch],
     relu64: tuple[Policy, Params, MetaBatch],
     which: str,
-    inner: InnerLoop,
+    inner: InnerLoopConfig,
 ) -> None:
     """tanh: the general R-operator; relu (2-D in and out) and categorical (3-D in, 4 out, a
     head without weights): the low-rank row sums. On all valid episodes and on a share."""
@@ -188,7 +188,7 @@ def test_accelerated_kl_gradient_equals_the_generic_one(
     tanh64: tuple[Policy, Params, MetaBatch],
     relu64: tuple[Policy, Params, MetaBatch],
     which: str,
-    inner: InnerLoop,
+    inner: InnerLoopConfig,
 ) -> None:
     """What finite-difference products difference, at theta_old (where it is 0 up to
     rounding: compared with a floor of the meta-gradient's scale) and away from it."""

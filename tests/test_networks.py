@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from metarl.networks import MLP, apply, init_params
+from metarl.supervised.networks import MLP, apply, init_params
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])

@@ -8,8 +8,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import envs  # noqa: F401  (registers the metarl/ envs)
-from envs.normalize import NormalizedVectorEnv, normalize_actions, normalize_vector_actions
+import metarl  # noqa: F401  (registers the metarl/ envs)
+from metarl.rl.sampling.normalize import (
+    NormalizedVectorEnv,
+    normalize_actions,
+    normalize_vector_actions,
+)
 from metarl.tasks import check_task_env
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from metarl.cli import main
-from metarl.sampler import resolve_env_id
+from metarl.rl.sampling.envs import resolve_env_id
 
 METARL = str(Path(sys.executable).parent / "metarl")
 

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from metarl.envs import NavigationTask
 
-from envs import NavigationTask
-from metarl.baselines import fit_linear_baseline
 from metarl.cli import main
 from metarl.config import RLConfig, load_config
-from metarl.episodes import EpisodeBatch, discounted_returns
-from metarl.maml_rl import compute_advantages
-from metarl.policies import GaussianMLPPolicy
-from metarl.sampler import Sampler
+from metarl.rl.baselines import fit_linear_baseline
+from metarl.rl.episodes import EpisodeBatch, discounted_returns
+from metarl.rl.losses import compute_advantages
+from metarl.rl.policies import GaussianMLPPolicy
+from metarl.rl.sampling.local import Sampler
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
@@ -217,6 +217,6 @@ def test_navigation_config_is_the_papers_point_protocol_and_the_built_in_default
     # the built-in default is the same, and its eval lr rule (null) gives the paper's rates
     default = load_config(None)
     assert load_config(CONFIGS / "navigation2d.yaml", ["eval.lr=null"]) == default
-    from metarl.rl import step_lrs
+    from metarl.rl.evaluation import step_lrs
 
     assert step_lrs(default.eval, default.inner.lr) == [0.5, 0.25, 0.25]

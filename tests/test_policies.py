@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.distributions import Categorical, Independent, Normal, kl_divergence
 
-from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, Params, Policy
+from metarl.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, Params, Policy
 
 D = torch.float64
 

@@ -21,13 +21,14 @@ import ray_envs  # noqa: E402  (tests/ is on sys.path under pytest)
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from metarl.config import load_config  # noqa: E402
-from metarl.episodes import EpisodeBatch  # noqa: E402
 from metarl.errors import SamplerError  # noqa: E402
-from metarl.policies import GaussianMLPPolicy, Params  # noqa: E402
-from metarl.ray_sampler import RaySampler  # noqa: E402
-from metarl.rl import MAMLTRPOLearner  # noqa: E402
+from metarl.rl.episodes import EpisodeBatch  # noqa: E402
+from metarl.rl.learners import MAMLTRPOLearner  # noqa: E402
+from metarl.rl.policies import GaussianMLPPolicy, Params  # noqa: E402
+from metarl.rl.sampling.envs import make_env  # noqa: E402
+from metarl.rl.sampling.local import Sampler  # noqa: E402
+from metarl.rl.sampling.ray import RaySampler  # noqa: E402
 from metarl.rngs import Rngs  # noqa: E402
-from metarl.sampler import Sampler, make_env  # noqa: E402
 
 MB = 1024 * 1024
 
@@ -217,9 +218,10 @@ def test_more_workers_than_tasks_is_refused(cluster: Cluster) -> None:
 
 _CONNECT_SCRIPT = """
 import sys, torch, numpy as np, ray
-from metarl.ray_sampler import RaySampler
-from metarl.sampler import Sampler, make_env
-from metarl.policies import GaussianMLPPolicy
+from metarl.rl.sampling.ray import RaySampler
+from metarl.rl.sampling.local import Sampler
+from metarl.rl.sampling.envs import make_env
+from metarl.rl.policies import GaussianMLPPolicy
 
 address = sys.argv[1] if len(sys.argv) > 1 else None
 policy = GaussianMLPPolicy(obs_dim=2, act_dim=2, hidden_sizes=(8,))
@@ -254,9 +256,9 @@ def test_sampler_joins_a_cluster_or_starts_a_local_ray(cluster: Cluster, join: b
 _LISTENERS_SCRIPT = r"""
 import os, socket, struct, sys, time
 import numpy as np, torch
-from metarl.policies import GaussianMLPPolicy
-from metarl.ray_sampler import RaySampler
-from metarl.sampler import make_env
+from metarl.rl.policies import GaussianMLPPolicy
+from metarl.rl.sampling.ray import RaySampler
+from metarl.rl.sampling.envs import make_env
 
 
 def tree(root):

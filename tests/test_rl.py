@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from metarl.config import load_config
-from metarl.rl import MAMLTRPOLearner, make_rl_learner, torch_threads
+from metarl.rl.learners import MAMLTRPOLearner, make_rl_learner, torch_threads
 from metarl.rngs import Rngs
 from metarl.trainer import Trainer, TrainingError, load_checkpoint
 

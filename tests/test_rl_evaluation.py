@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-import envs
-from envs.oracle import OracleEnv, task_features
+from metarl import envs
 from metarl.cli import main
 from metarl.config import load_config
-from metarl.rl import eval_rng, evaluate_rl, make_rl_learner
+from metarl.rl.evaluation import eval_rng, evaluate_rl
+from metarl.rl.learners import make_rl_learner
+from metarl.rl.sampling.oracle import OracleEnv, task_features
 from metarl.rngs import Rngs
 from metarl.tasks import check_task_env
 

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from metarl.episodes import concat_tasks
-from metarl.policies import GaussianMLPPolicy
-from metarl.sampler import RolloutDraws, Sampler, make_env, resolve_env_id
+from metarl.rl.episodes import concat_tasks
+from metarl.rl.policies import GaussianMLPPolicy
+from metarl.rl.sampling.base import RolloutDraws
+from metarl.rl.sampling.envs import make_env, resolve_env_id
+from metarl.rl.sampling.local import Sampler
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ def test_process_backend_equals_local_backend_on_mujoco() -> None:
 def test_batched_half_cheetah_sampler_equals_single_envs(backend: str) -> None:
     """The sampler on the batched env (shards of it on two processes) gives bitwise the
     episodes of the same sampler stepping HalfCheetahVel-v0 single envs."""
-    from metarl.vector import SerialVectorEnv
+    from metarl.rl.sampling.processes import SerialVectorEnv
 
     env_id = "metarl/HalfCheetahVel-v0"
     policy, params = _policy(17, 6)
@@ -210,11 +212,11 @@ def test_unknown_env_ids_are_clear_errors() -> None:
         resolve_env_id("metarl/Nope-v0")
     with pytest.raises(ValueError, match="cannot import module 'no_such_module'"):
         resolve_env_id("no_such_module:Thing-v0")
-    assert resolve_env_id("envs:metarl/Navigation2D-v0") == "metarl/Navigation2D-v0"
+    assert resolve_env_id("metarl.envs:metarl/Navigation2D-v0") == "metarl/Navigation2D-v0"
 
 
 def test_serial_vector_env_autoresets_on_the_next_step() -> None:
-    from metarl.vector import SerialVectorEnv
+    from metarl.rl.sampling.processes import SerialVectorEnv
 
     vec = SerialVectorEnv([lambda: gym.make("metarl_test/Reach-v0")] * 2)
     vec.set_attr("task", [Threshold(0.5), Threshold(5.0)])
@@ -299,7 +301,7 @@ def test_ray_backend_without_ray_says_how_to_install(monkeypatch: pytest.MonkeyP
 
     from metarl.config import load_config
     from metarl.errors import SamplerError
-    from metarl.sampler import make_sampler
+    from metarl.rl.sampling import make_sampler
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     cfg = load_config(None, ["kind=rl", "sampler.backend=ray"])

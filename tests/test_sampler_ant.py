@@ -5,11 +5,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from metarl.envs.ant import AntDirVectorEnv, AntGoalVectorEnv, AntVelVectorEnv
 
-from envs.ant import AntDirVectorEnv, AntGoalVectorEnv, AntVelVectorEnv
-from metarl.policies import GaussianMLPPolicy
-from metarl.sampler import Sampler, make_env
-from metarl.vector import SerialVectorEnv
+from metarl.rl.policies import GaussianMLPPolicy
+from metarl.rl.sampling.envs import make_env
+from metarl.rl.sampling.local import Sampler
+from metarl.rl.sampling.processes import SerialVectorEnv
 
 BATCHED = {
     "metarl/AntVel-v0": AntVelVectorEnv,
@@ -41,7 +42,7 @@ FIELDS = (
 def test_batched_ant_sampler_equals_single_envs(env_id: str, backend: str) -> None:
     """A wide policy (std e, actions clipped to the torque limits) makes some ants flip: the
     terminated episodes, their lengths and masks agree too."""
-    assert gym.spec(env_id).vector_entry_point == f"envs.ant:{BATCHED[env_id].__name__}"
+    assert gym.spec(env_id).vector_entry_point == f"metarl.envs.ant:{BATCHED[env_id].__name__}"
     policy = GaussianMLPPolicy(obs_dim=105, act_dim=8, hidden_sizes=(16,), init_log_std=1.0)
     params = policy.init_params(torch.Generator().manual_seed(0))
     tasks = make_env(env_id).unwrapped.sample_tasks(3, np.random.default_rng(1))

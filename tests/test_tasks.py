@@ -13,7 +13,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import envs
+from metarl import envs
 from metarl.tasks import (
     TaskEnv,
     TaskEnvError,

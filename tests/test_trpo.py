@@ -5,8 +5,8 @@ import torch
 from torch import Tensor
 
 from metarl.config import TRPOConfig
-from metarl.policies import GaussianMLPPolicy, Params
-from metarl.trpo import (
+from metarl.rl.policies import GaussianMLPPolicy, Params
+from metarl.rl.trpo import (
     HVP_METHODS,
     Derivatives,
     _cg,

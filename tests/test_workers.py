@@ -22,9 +22,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from metarl import vector
 from metarl.errors import SamplerError, StepError
-from metarl.vector import SerialVectorEnv, ShardedVectorEnv, WorkerTraceback, serial_shards
+from metarl.rl.sampling import processes
+from metarl.rl.sampling.processes import (
+    SerialVectorEnv,
+    ShardedVectorEnv,
+    WorkerTraceback,
+    serial_shards,
+)
 
 pytestmark = pytest.mark.skipif(
     "fork" not in __import__("multiprocessing").get_all_start_methods() or sys.platform != "linux",
@@ -227,7 +232,7 @@ def test_stopped_worker_times_out_naming_it(bounded: None) -> None:
             r"\(it is stopped \(SIGSTOP\?\)\); killed during step",
         ):
             envs.step(_actions(0.0))
-        assert time.monotonic() - clock < 1.0 + vector._CLOSE_WAIT_S + 2.0
+        assert time.monotonic() - clock < 1.0 + processes._CLOSE_WAIT_S + 2.0
         assert _wait_gone([pid], 5)
     finally:
         _kill_all([pid])
@@ -246,7 +251,7 @@ def test_hung_env_times_out_naming_it(bounded: None) -> None:
 def test_close_does_not_wait_forever_on_a_stopped_worker(
     bounded: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(vector, "_CLOSE_WAIT_S", 0.5)
+    monkeypatch.setattr(processes, "_CLOSE_WAIT_S", 0.5)
     envs = _envs()
     pid = envs.processes[0].pid
     assert pid is not None
@@ -278,8 +283,8 @@ def test_timeout_must_be_positive() -> None:
 
 _TRAINER = """
 import functools, sys, time
-from metarl.sampler import make_env
-from metarl.vector import ShardedVectorEnv, serial_shards
+from metarl.rl.sampling.envs import make_env
+from metarl.rl.sampling.processes import ShardedVectorEnv, serial_shards
 env = functools.partial(make_env, "metarl/Navigation2D-v0")
 envs = ShardedVectorEnv(serial_shards([env] * 4), 4, num_workers=2)
 envs.reset(seed=0)

@@ -22,10 +22,10 @@ from torch.nn import functional as F
 from metarl.adaptation import Params, adapt
 from metarl.config import ConfigError, InnerLoopConfig, OmniglotConfig, OmniglotEvalConfig
 from metarl.evaluation import curve_rows
-from metarl.networks import DTYPES
 from metarl.rngs import Rngs, held_out_generator
 from metarl.supervised import restore_weights_and_optimizer
 from metarl.supervised.convnet import ConvNet, init_convnet_params, output_size
+from metarl.supervised.networks import DTYPES
 from metarl.supervised.omniglot_data import (
     IMAGE_SIZE,
     ClassPool,

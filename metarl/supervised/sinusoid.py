@@ -22,9 +22,9 @@ from metarl.config import (
     SinusoidTaskConfig,
 )
 from metarl.evaluation import curve_rows
-from metarl.networks import DTYPES, MLP, apply, init_params
 from metarl.rngs import Rngs, held_out_generator
 from metarl.supervised import restore_weights_and_optimizer
+from metarl.supervised.networks import DTYPES, MLP, apply, init_params
 
 EVAL_STREAM = 0x5E1D  # mixes held-out task streams apart from training streams
 

@@ -1,17 +1,19 @@
-"""MAML for RL: the VPG inner loss, the meta-surrogate and the meta-KL (Finn et al. 2017, sec. 3.2).
+"""MAML-TRPO: the meta-surrogate, the meta-KL, their derivatives and the outer TRPO step
+(Finn et al. 2017, sec. 3.2).
 
 For task ``i`` with train episodes ``D_i`` and valid episodes ``D'_i`` (sampled with the adapted
 weights ``theta_i_old = adapt(theta_old, D_i)``):
 
 - inner loss (REINFORCE with baseline):
-  ``L_i(theta) = -sum_{masked t,n} log pi_theta(a|s) A / #masked``, minimised by ``adapt``;
+  ``L_i(theta) = -sum_{masked t,n} log pi_theta(a|s) A / #masked``, minimised by ``adapt``
+  (:func:`metarl.rl.losses.vpg_loss`);
 - meta-surrogate: ``theta_i = adapt(theta, L_i)`` then the TRPO surrogate on ``D'_i``:
   ``S(theta) = mean_i [ -mean_{masked} exp(log pi_{theta_i}(a|s) - log pi_old(a|s)) A' ]``;
 - meta-KL: ``mean_i mean_{masked} KL(pi_{theta_i_old}(.|s) || pi_{theta_i}(.|s))`` on ``D'_i``.
 
 Everything is computed for all tasks at once with ``torch.func.vmap`` over the task axis of
 contiguous per-task rows (:class:`TaskRows`), through :func:`metarl.adaptation.adapt` and the
-policy's :meth:`~metarl.policies.Policy.dist_stats` alone, so it holds for any policy network.
+policy's :meth:`~metarl.rl.policies.Policy.dist_stats` alone, so it holds for any policy network.
 The meta-gradient flows through the inner steps (second order) or not (``first_order=True``).
 With several inner steps, every step re-uses the same train episodes and the same advantages
 with the plain (not importance-weighted) VPG loss.
@@ -21,7 +23,7 @@ the adaptation the learner sampled the valid episodes with is kept with its pull
 (:func:`adapt_meta_batch`, ``torch.func.vjp``), so the meta-gradient at the old weights adapts
 nothing again; finite-difference products re-adapt at ``theta +- eps v``; exact ones
 double-backprop the meta-KL; Gauss-Newton ones are ``J^T F J v`` by ``torch.func`` jvp/vjp.
-For the default MLP, :mod:`metarl.mlp_accelerator` computes the Gauss-Newton products by hand
+For the default MLP, :mod:`metarl.rl.mlp_accelerator` computes the Gauss-Newton products by hand
 (``trpo.accelerator``), where that is measured to pay.
 """
 
@@ -32,17 +34,24 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
 from metarl.adaptation import adapt
-from metarl.baselines import fit_linear_baseline
-from metarl.config import TRPOConfig
-from metarl.episodes import EpisodeBatch, episode_columns, gae, merge_tasks, split_tasks
-from metarl.policies import DistStats, Params, Policy
-from metarl.trpo import (
+from metarl.config import InnerLoopConfig, TRPOConfig
+from metarl.rl.episodes import EpisodeBatch, episode_columns
+from metarl.rl.losses import (
+    StepData,
+    TaskRows,
+    masked_mean,
+    surrogate_from_stats,
+    task_rows,
+    vpg_loss,
+)
+from metarl.rl.mlp_accelerator import MLPAccelerator, accelerate
+from metarl.rl.policies import DistStats, Params, Policy
+from metarl.rl.trpo import (
     Derivatives,
     TRPOStats,
     flat_grad,
@@ -50,114 +59,6 @@ from metarl.trpo import (
     trpo_step,
     unflatten_params,
 )
-
-if TYPE_CHECKING:
-    from metarl.mlp_accelerator import MLPAccelerator
-
-
-class StepData(Protocol):
-    """Anything with per-step ``observations``, ``actions``, ``mask`` and sampling
-    ``log_probs`` (an :class:`EpisodeBatch`, one task's slice of its ``by_task()``, or one
-    task's :class:`TaskRows`)."""
-
-    @property
-    def observations(self) -> Tensor: ...
-    @property
-    def actions(self) -> Tensor: ...
-    @property
-    def mask(self) -> Tensor: ...
-    @property
-    def log_probs(self) -> Tensor: ...
-
-
-@dataclass(frozen=True)
-class InnerLoop:
-    """Settings of the inner (adaptation) loop."""
-
-    steps: int = 1
-    """Number of inner VPG steps, all on the same train episodes."""
-    lr: float = 0.1
-    """Inner learning rate alpha."""
-    first_order: bool = False
-    """Drop second-order terms of the meta-gradient (first-order MAML)."""
-
-    def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"InnerLoop: steps must be >= 1, got {self.steps}")
-        if not self.lr > 0.0:
-            raise ValueError(f"InnerLoop: lr must be > 0, got {self.lr}")
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """``sum_{mask > 0} x / sum(mask)`` over all dims (padded entries never leak, even if NaN)."""
-    return torch.where(mask > 0, x, torch.zeros_like(x)).sum() / mask.sum()
-
-
-def normalize_advantages(
-    advantages: Tensor, mask: Tensor, num_tasks: int, eps: float = 1e-8
-) -> Tensor:
-    """Per task, shift and scale ``[T, N]`` advantages to mean 0 and std 1 over masked steps
-    (``(A - mean) / (std + eps)``, population std, as rllab's ``center_adv``); 0 on padding."""
-    a, m = split_tasks(advantages, num_tasks), split_tasks(mask, num_tasks)
-    count = m.sum(dim=(1, 2), keepdim=True)
-    mean = (a * m).sum(dim=(1, 2), keepdim=True) / count
-    var = (((a - mean) * m) ** 2).sum(dim=(1, 2), keepdim=True) / count
-    return merge_tasks((a - mean) / (var.sqrt() + eps) * m)
-
-
-def compute_advantages(
-    episodes: EpisodeBatch,
-    *,
-    gamma: float = 0.99,
-    gae_lambda: float = 1.0,
-    normalize: bool = True,
-    bootstrap_truncated: bool = True,
-) -> Tensor:
-    """``[T, N]`` GAE advantages with the per-task linear feature baseline (no gradient),
-    optionally normalised per task (the paper's code does, and uses ``gae_lambda = 1``).
-
-    ``bootstrap_truncated``: an episode cut by the time limit continues with the baseline's
-    value of its last observation; otherwise every episode ends with value 0 (the paper's
-    code, which appends 0 to every path's baseline)."""
-    with torch.no_grad():
-        base = fit_linear_baseline(episodes, gamma)
-        ends = episodes.terminated
-        if not bootstrap_truncated:
-            ends = torch.ones_like(ends)
-        adv = gae(
-            episodes.rewards, base.values, episodes.mask, gamma=gamma, lam=gae_lambda,
-            last_values=base.last_values, terminated=ends,
-        )  # fmt: skip
-        return normalize_advantages(adv, episodes.mask, episodes.num_tasks) if normalize else adv
-
-
-def vpg_loss(policy: Policy, params: Params, episodes: StepData, advantages: Tensor) -> Tensor:
-    """REINFORCE loss ``-sum_{masked} log pi(a|s) A / #masked`` (advantages are constants)."""
-    log_probs = policy.log_prob(params, episodes.observations, episodes.actions)
-    return -masked_mean(log_probs * advantages, episodes.mask)
-
-
-def surrogate_loss(
-    policy: Policy, params: Params, episodes: StepData, advantages: Tensor
-) -> Tensor:
-    """TRPO surrogate ``-mean_{masked} exp(log pi(a|s) - log pi_old(a|s)) A``, where
-    ``log pi_old`` is the sampling policy's ``episodes.log_probs``."""
-    stats = policy.dist_stats(params, episodes.observations)
-    return _surrogate_of_stats(policy, stats, episodes, advantages)
-
-
-def _surrogate_of_stats(
-    policy: Policy, stats: DistStats, episodes: StepData, advantages: Tensor
-) -> Tensor:
-    log_probs = policy.log_prob_from_stats(stats, episodes.actions)
-    return -masked_mean(importance_ratio(log_probs, episodes) * advantages, episodes.mask)
-
-
-def importance_ratio(log_probs: Tensor, episodes: StepData) -> Tensor:
-    """``exp(log pi(a|s) - log pi_old(a|s))``, with the log-ratio zeroed on padded steps first
-    (so padding can neither overflow nor send NaN gradients back)."""
-    log_ratio = log_probs - episodes.log_probs
-    return torch.exp(torch.where(episodes.mask > 0, log_ratio, torch.zeros_like(log_ratio)))
 
 
 def adapt_policy(
@@ -180,43 +81,21 @@ def _vpg_on(policy: Policy, episodes: StepData, advantages: Tensor, params: Para
     return vpg_loss(policy, params, episodes, advantages)
 
 
-class TaskRows(NamedTuple):
-    """One side of a meta-batch as contiguous per-task rows ``[K, R, ...]`` with ``R = T * E``
-    (a pytree for ``vmap``; under it, one task's rows satisfy :class:`StepData`)."""
-
-    observations: Tensor
-    actions: Tensor
-    mask: Tensor
-    log_probs: Tensor
-    advantages: Tensor
-
-
-def task_rows(episodes: EpisodeBatch, advantages: Tensor) -> TaskRows:
-    """The steps of ``episodes`` and their ``[T, N]`` advantages as :class:`TaskRows`."""
-    k = episodes.num_tasks
-
-    def rows(x: Tensor) -> Tensor:
-        per_task = split_tasks(x, k)
-        return per_task.reshape(k, -1, *per_task.shape[3:]).contiguous()
-
-    return TaskRows(
-        rows(episodes.observations), rows(episodes.actions), rows(episodes.mask),
-        rows(episodes.log_probs), rows(advantages),
-    )  # fmt: skip
-
-
 @dataclass(frozen=True)
 class MetaBatch:
     """One meta-batch: train episodes (to adapt on) and valid episodes (sampled with the
-    adapted weights), their ``[T, N]`` advantages, and the inner-loop settings."""
+    adapted weights), their ``[T, N]`` advantages, and the inner-loop settings (the config's
+    :class:`~metarl.config.InnerLoopConfig` itself; at least one step)."""
 
     train: EpisodeBatch
     train_advantages: Tensor
     valid: EpisodeBatch
     valid_advantages: Tensor
-    inner: InnerLoop = field(default_factory=InnerLoop)
+    inner: InnerLoopConfig = field(default_factory=InnerLoopConfig)
 
     def __post_init__(self) -> None:
+        if self.inner.steps < 1:
+            raise ValueError(f"MetaBatch: inner.steps must be >= 1, got {self.inner.steps}")
         if self.train.num_tasks != self.valid.num_tasks:
             raise ValueError(
                 f"MetaBatch: train has {self.train.num_tasks} tasks, valid {self.valid.num_tasks}"
@@ -256,7 +135,7 @@ class MetaBatch:
 # ------------------------------------------------------------------ per-task pieces (vmapped)
 
 
-def _adapt_rows(policy: Policy, inner: InnerLoop, theta: Params, rows: TaskRows) -> Params:
+def _adapt_rows(policy: Policy, inner: InnerLoopConfig, theta: Params, rows: TaskRows) -> Params:
     return adapt_policy(
         policy, theta, rows, rows.advantages,
         steps=inner.steps, lr=inner.lr, first_order=inner.first_order,
@@ -264,7 +143,12 @@ def _adapt_rows(policy: Policy, inner: InnerLoop, theta: Params, rows: TaskRows)
 
 
 def adapt_all(
-    policy: Policy, inner: InnerLoop, train: TaskRows, theta: Params, *, per_task: bool = False
+    policy: Policy,
+    inner: InnerLoopConfig,
+    train: TaskRows,
+    theta: Params,
+    *,
+    per_task: bool = False,
 ) -> Params:
     """Every task's adapted weights ``[K, ...]`` from ``theta`` (or, ``per_task``, from its
     own copy ``theta[k]``), differentiable."""
@@ -284,7 +168,7 @@ def _task_kl(policy: Policy, stats: DistStats, rows: TaskRows, old: DistStats) -
 
 
 def _task_surrogate(policy: Policy, stats: DistStats, rows: TaskRows) -> Tensor:
-    return _surrogate_of_stats(policy, stats, rows, rows.advantages)
+    return surrogate_from_stats(policy, stats, rows, rows.advantages)
 
 
 def surrogate_of(policy: Policy, stats: DistStats, valid: TaskRows) -> Tensor:
@@ -300,7 +184,11 @@ def kl_of(policy: Policy, stats: DistStats, valid: TaskRows, old: DistStats) -> 
 
 
 def adapt_tasks(
-    policy: Policy, params: Params, episodes: EpisodeBatch, advantages: Tensor, inner: InnerLoop
+    policy: Policy,
+    params: Params,
+    episodes: EpisodeBatch,
+    advantages: Tensor,
+    inner: InnerLoopConfig,
 ) -> Params:
     """Adapted weights of every task, stacked on a leading task axis ``[K, ...]`` and detached
     (for the sampler to collect the valid episodes with, see ``Policy.sample_per_task``)."""
@@ -318,7 +206,7 @@ class TaskAdaptation:
 
     theta: Params
     train: EpisodeBatch
-    inner: InnerLoop
+    inner: InnerLoopConfig
     rows: TaskRows
     params: Params
     pull: Callable[[Params], Params]
@@ -331,7 +219,7 @@ class TaskAdaptation:
 
 
 def adapt_meta_batch(
-    policy: Policy, theta: Params, train: EpisodeBatch, advantages: Tensor, inner: InnerLoop
+    policy: Policy, theta: Params, train: EpisodeBatch, advantages: Tensor, inner: InnerLoopConfig
 ) -> TaskAdaptation:
     """Adapt ``theta`` to every task of ``train``, keeping the pull-back (``torch.func.vjp``:
     the inner steps' graph) for :class:`MetaObjective`."""
@@ -555,10 +443,8 @@ def _accelerator(
     policy: Policy, curvature: MetaObjective, config: TRPOConfig
 ) -> MLPAccelerator | None:
     """The hand-derived KL gradients and Gauss-Newton products of
-    :mod:`metarl.mlp_accelerator` when ``config.accelerator`` is on, the products need them
+    :mod:`metarl.rl.mlp_accelerator` when ``config.accelerator`` is on, the products need them
     (finite differences or Gauss-Newton) and the policy is the default MLP; else None."""
     if not config.accelerator or config.hvp == "exact":
         return None
-    from metarl import mlp_accelerator  # it imports this module: loaded on first use
-
-    return mlp_accelerator.accelerate(policy, curvature)
+    return accelerate(policy, curvature)

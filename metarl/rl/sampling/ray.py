@@ -1,9 +1,9 @@
 """The ``ray`` sampler backend: Ray actors own slices of the tasks and roll them out themselves.
 
-Each actor (a :class:`RolloutWorker`) holds a local :class:`~metarl.sampler.Sampler` over its
-slice of the tasks (all their episodes) and a copy of the policy's architecture, built once
-from its :class:`~metarl.policies.PolicySpec`. Per call the learner draws all the randomness
-(:class:`~metarl.sampler.RolloutDraws`), ships the current weights (one object-store copy;
+Each actor (a :class:`RolloutWorker`) holds a local :class:`~metarl.rl.sampling.local.Sampler`
+over its slice of the tasks (all their episodes) and a copy of the policy's architecture, built
+once from its :class:`~metarl.rl.policies.PolicySpec`. Per call the learner draws all the randomness
+(:class:`~metarl.rl.sampling.base.RolloutDraws`), ships the current weights (one object-store copy;
 adapted per-task weights are sliced like the tasks), each actor's tasks and draws; every actor
 steps its envs with the policy on its own CPU and sends back an :class:`EpisodeBatch`, which
 the learner joins in task order. The episodes are a function of what was sent, so the batch
@@ -24,11 +24,12 @@ from typing import Any
 
 import torch
 
-from metarl.episodes import EpisodeBatch, concat_tasks
 from metarl.errors import SamplerError
-from metarl.policies import Params, Policy, PolicySpec
-from metarl.sampler import EpisodeSampler, RolloutDraws, Sampler
-from metarl.vector import shard_bounds
+from metarl.rl.episodes import EpisodeBatch, concat_tasks
+from metarl.rl.policies import Params, Policy, PolicySpec
+from metarl.rl.sampling.base import EpisodeSampler, RolloutDraws
+from metarl.rl.sampling.local import Sampler
+from metarl.rl.sampling.processes import shard_bounds
 
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray>=2.30')"
 
@@ -47,7 +48,7 @@ def import_ray() -> Any:
 class RolloutWorker:
     """What a Ray actor runs: a local sampler over ``num_tasks`` tasks (tasks ``task_offset``
     on of a meta-batch of ``meta_batch_tasks``, whose shape it acts on, as the local sampler
-    does: see :class:`~metarl.sampler.Sampler`) and the policy."""
+    does: see :class:`~metarl.rl.sampling.local.Sampler`) and the policy."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """Hand-derived meta-KL derivatives for the default MLP policy: an accelerator behind
-:class:`metarl.maml_rl.MetaObjective`'s ``kl_grad`` (what finite-difference products
+:class:`metarl.rl.maml_trpo.MetaObjective`'s ``kl_grad`` (what finite-difference products
 difference) and ``gauss_newton_hvp``. ``trpo.accelerator: true`` (the default) picks it for
-:class:`~metarl.policies.MLPNetwork` policies with ``trpo.hvp`` ``finite_difference`` or
+:class:`~metarl.rl.policies.MLPNetwork` policies with ``trpo.hvp`` ``finite_difference`` or
 ``gauss_newton``; ``false`` keeps the generic ``torch.func`` path, which every other network
 uses. The tests check it equal to that path in float64.
 
@@ -31,13 +31,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from metarl.maml_rl import MetaObjective, TaskRows, masked_mean
-from metarl.policies import DistStats, MLPNetwork, Params, Policy
-from metarl.trpo import flatten_params, unflatten_params
+from metarl.rl.losses import TaskRows, masked_mean
+from metarl.rl.policies import DistStats, MLPNetwork, Params, Policy
+from metarl.rl.trpo import flatten_params, unflatten_params
+
+if TYPE_CHECKING:  # metarl.rl.maml_trpo imports this module
+    from metarl.rl.maml_trpo import MetaObjective
 
 
 def accelerate(policy: Policy, objective: MetaObjective) -> MLPAccelerator | None:
@@ -165,7 +169,7 @@ def _first_layer_sums(jac: OutputJacobian, out_cot: Tensor) -> Tensor:
 
 
 class MLPCalculus:
-    """The task-batched calculus of a policy's :class:`~metarl.policies.MLPNetwork` body
+    """The task-batched calculus of a policy's :class:`~metarl.rl.policies.MLPNetwork` body
     (weights named ``{prefix}{2 l}.weight`` / ``.bias``); the policy's other weights enter
     its head only."""
 
@@ -524,7 +528,7 @@ class _Point:
 
 class MLPAccelerator:
     """Derivatives of ``objective``'s meta-KL by :class:`MLPCalculus`, equal to
-    :class:`~metarl.maml_rl.MetaObjective`'s: :meth:`kl_grad` (what finite-difference products
+    :class:`~metarl.rl.maml_trpo.MetaObjective`'s: :meth:`kl_grad` (what finite-difference products
     difference) and :meth:`gauss_newton_hvp` at ``objective.theta_old``. Each pulls a cotangent
     back through the inner steps as ``(I - lr H_k) u`` with ``H_k`` the inner loss's Hessian by
     the R-operator. For the Gauss-Newton products the passes at ``theta_old``, the output-space
@@ -556,7 +560,7 @@ class MLPAccelerator:
 
     def gauss_newton_hvp(self, v: Tensor) -> Tensor:
         """``J^T F J v`` at ``theta_old``, without damping (see
-        :meth:`~metarl.maml_rl.MetaObjective.gauss_newton_hvp`)."""
+        :meth:`~metarl.rl.maml_trpo.MetaObjective.gauss_newton_hvp`)."""
         calc = self.calc
         with torch.no_grad():
             steps, params, trace = self._prepared()

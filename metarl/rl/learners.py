@@ -1,4 +1,6 @@
-"""MAML-TRPO (the paper's Algorithm 3): one meta-iteration is sample -> adapt -> sample -> TRPO.
+"""The RL learners the trainer drives: MAML-TRPO (the paper's Algorithm 3: one meta-iteration
+is sample -> adapt -> sample -> TRPO) and the paper's baselines (``pretrained`` and ``oracle``:
+plain TRPO; ``random``: the initial weights).
 
 Data goes one way: task env -> sampler -> episodes -> adaptation -> outer step -> stats.
 """
@@ -6,31 +8,18 @@ Data goes one way: task env -> sampler -> episodes -> adaptation -> outer step -
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 import torch
 
-from metarl.config import ConfigError, RLConfig, RLEvalConfig
-from metarl.episodes import EpisodeBatch, episode_columns, split_tasks
-from metarl.evaluation import curve_rows
-from metarl.maml_rl import (
-    InnerLoop,
-    MetaBatch,
-    adapt_meta_batch,
-    adapt_policy,
-    compute_advantages,
-    curvature_episodes,
-    masked_mean,
-    meta_trpo_step,
-    surrogate_loss,
-)
-from metarl.policies import (
+from metarl.config import ConfigError, RLConfig
+from metarl.rl.episodes import EpisodeBatch, episode_columns
+from metarl.rl.losses import compute_advantages, masked_mean, surrogate_loss
+from metarl.rl.maml_trpo import MetaBatch, adapt_meta_batch, curvature_episodes, meta_trpo_step
+from metarl.rl.policies import (
     CategoricalHead,
     GaussianHead,
     Head,
@@ -39,10 +28,11 @@ from metarl.policies import (
     Policy,
     PolicySpec,
 )
+from metarl.rl.sampling import make_sampler
+from metarl.rl.sampling.envs import make_env
+from metarl.rl.trpo import trpo_step
 from metarl.rngs import Rngs
-from metarl.sampler import EpisodeSampler, make_env, make_sampler
 from metarl.tasks import TaskEnv
-from metarl.trpo import trpo_step
 
 
 def make_policy(config: RLConfig, env: gym.Env[Any, Any]) -> Policy:
@@ -110,11 +100,6 @@ def torch_threads(n: int) -> Iterator[None]:
     finally:
         if n != before:
             torch.set_num_threads(before)
-
-
-def inner_loop(config: RLConfig) -> InnerLoop:
-    i = config.inner
-    return InnerLoop(steps=i.steps, lr=i.lr, first_order=i.first_order)
 
 
 def advantages_of(config: RLConfig, episodes: EpisodeBatch) -> torch.Tensor:
@@ -229,7 +214,7 @@ class MAMLTRPOLearner(PolicyLearner):
 
     def __init__(self, config: RLConfig, rngs: Rngs) -> None:
         super().__init__(config, rngs)
-        self.inner = inner_loop(config)
+        self.inner = config.inner
 
     def step(self, rngs: Rngs) -> dict[str, float]:
         clock = time.perf_counter()
@@ -289,101 +274,3 @@ LEARNERS: dict[str, type[PolicyLearner]] = {
 def make_rl_learner(config: RLConfig, rngs: Rngs) -> PolicyLearner:
     """The learner for ``config.method``."""
     return LEARNERS[config.method](config, rngs)
-
-
-EVAL_STREAM = 0xE7A1  # mixes held-out task streams apart from training streams
-
-
-def eval_rng(seed: int) -> np.random.Generator:
-    """The held-out task stream: derived so it never equals a training stream."""
-    return np.random.default_rng(np.random.SeedSequence([EVAL_STREAM, seed]))
-
-
-def step_lrs(eval_cfg: RLEvalConfig, train_lr: float) -> list[float]:
-    """The inner lr of each test step: ``eval.lr`` with its last value repeated; without it
-    ``train_lr`` for the first step and half of it after (the paper's test scripts)."""
-    given = list(eval_cfg.lr) if eval_cfg.lr is not None else [train_lr, train_lr / 2]
-    return [given[min(i, len(given) - 1)] for i in range(eval_cfg.max_steps)]
-
-
-def _adapt_each(
-    policy: Policy, params: Params, episodes: EpisodeBatch, advantages: torch.Tensor, lr: float
-) -> Params:
-    """One VPG step per task from per-task weights ``[K, ...]`` (no meta-graph kept)."""
-    fn = functools.partial(adapt_policy, policy, steps=1, lr=lr, first_order=True)
-    adapted: Params = torch.func.vmap(fn)(
-        params, episodes.by_task(), split_tasks(advantages, episodes.num_tasks)
-    )
-    return {k: v.detach() for k, v in adapted.items()}
-
-
-def adaptation_returns(
-    config: RLConfig,
-    params: Params,
-    tasks: Sequence[Any],
-    sampler: EpisodeSampler,
-    eval_cfg: RLEvalConfig,
-    *,
-    seed: int,
-) -> np.ndarray:
-    """Mean return per task after 0..max_steps policy-gradient steps: ``[steps + 1, tasks]``.
-
-    Every step samples fresh episodes with the current (per-task) weights, then adapts on them.
-    """
-    env = make_env(
-        config.env.id,
-        oracle=config.method == "oracle",
-        normalize_actions=config.env.normalize_actions,
-    )
-    policy = make_policy(config, env)
-    current = {k: v.unsqueeze(0).expand(len(tasks), *v.shape).clone() for k, v in params.items()}
-    generator = torch.Generator().manual_seed(seed)
-    seeds = np.random.SeedSequence([EVAL_STREAM, seed]).generate_state(eval_cfg.max_steps + 1)
-    returns = []
-    for step, lr in enumerate([*step_lrs(eval_cfg, config.inner.lr), None]):
-        batch = sampler.sample(
-            policy, current, tasks, generator=generator, seed=int(seeds[step]), per_task_params=True
-        )
-        returns.append(batch.returns.reshape(len(tasks), -1).mean(1).double().numpy())
-        if lr is not None:
-            adv = advantages_of(config, batch)
-            current = _adapt_each(policy, current, batch, adv, lr)
-    return np.stack(returns)
-
-
-def evaluate_rl(
-    runs: Sequence[tuple[RLConfig, Params]], eval_cfg: RLEvalConfig
-) -> list[dict[str, Any]]:
-    """Adaptation-curve rows (``mean_return``, ``ci95_return``) of every run on the same
-    held-out tasks, drawn from the first run's env with ``eval_cfg.seed``, with the same
-    episodes per step and number of steps; each run is fine-tuned with its own config's
-    ``eval.lr`` (the paper's test scripts used a rate per method). An ``oracle`` run is scored
-    without adaptation (step 0 only: the paper's horizontal line)."""
-    base = runs[0][0]
-    env = make_env(base.env.id)
-    tasks = task_env(env, base.env.id).sample_tasks(eval_cfg.num_tasks, eval_rng(eval_cfg.seed))
-    rows: list[dict[str, Any]] = []
-    samplers: dict[tuple[bool, bool], EpisodeSampler] = {}
-    try:
-        for config, params in runs:
-            if config.env.id != base.env.id:
-                raise ValueError(f"cannot compare runs on {config.env.id!r} and {base.env.id!r}")
-            oracle = config.method == "oracle"
-            key = (oracle, config.env.normalize_actions)
-            if key not in samplers:
-                samplers[key] = make_sampler(
-                    base.sampler, env_id=base.env.id, num_tasks=eval_cfg.num_tasks,
-                    episodes_per_task=eval_cfg.episodes_per_task, horizon=base.env.horizon,
-                    oracle=oracle, normalize_actions=config.env.normalize_actions,
-                )  # fmt: skip
-            run_cfg = dataclasses.replace(
-                eval_cfg, lr=config.eval.lr, max_steps=0 if oracle else eval_cfg.max_steps
-            )
-            curve = adaptation_returns(
-                config, params, tasks, samplers[key], run_cfg, seed=eval_cfg.seed
-            )
-            rows += curve_rows(curve, metric="return", method=config.method)
-    finally:
-        for sampler in samplers.values():
-            sampler.close()
-    return rows

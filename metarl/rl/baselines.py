@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from metarl.episodes import EpisodeBatch, discounted_returns, merge_tasks, split_tasks
+from metarl.rl.episodes import EpisodeBatch, discounted_returns, merge_tasks, split_tasks
 
 OBS_CLIP = 10.0
 TIME_SCALE = 100.0
@@ -28,7 +28,7 @@ class BaselineValues:
 
     Attributes:
         values: ``[T, N]`` value ``V(s_t)`` of every step (also predicted on padded steps,
-            where it is meaningless and ignored by :func:`metarl.episodes.gae`).
+            where it is meaningless and ignored by :func:`metarl.rl.episodes.gae`).
         last_values: ``[N]`` value of each episode's last observation, at time ``length``.
         coeffs: ``[num_tasks, 2 * obs_dim + 4]`` fitted weights (float64).
     """

@@ -9,7 +9,7 @@ exactly by double backpropagation, or as a Gauss-Newton product ``J^T F J v`` su
 caller (exact at the old weights, where the KL's gradient in the policy outputs vanishes).
 
 Callers with faster routines than autograd on ``loss_fn`` / ``kl_fn`` (e.g. the
-meta-derivatives of :class:`metarl.maml_rl.MetaObjective`) hand them over as
+meta-derivatives of :class:`metarl.rl.maml_trpo.MetaObjective`) hand them over as
 :class:`Derivatives`. The settings are the config's :class:`~metarl.config.TRPOConfig` itself.
 
 Nothing here logs; :func:`trpo_step` returns a :class:`TRPOStats`.

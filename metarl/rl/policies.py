@@ -417,7 +417,8 @@ class Policy(nn.Module):
         self, task_params: Params, obs: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
         """Sample with one weight set per task: ``task_params`` have a leading task axis ``K``
-        (as returned by :func:`metarl.maml_rl.adapt_tasks`) and ``obs`` is ``[K, E, obs_dim]``."""
+        (as returned by :func:`metarl.rl.maml_trpo.adapt_tasks`) and ``obs`` is
+        ``[K, E, obs_dim]``."""
         with torch.no_grad():
             stats = torch.func.vmap(self.dist_stats)(task_params, obs)
             return self.sample_from_stats(stats, generator)

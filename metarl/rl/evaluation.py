@@ -1,0 +1,118 @@
+"""Adaptation curves of RL runs: the return on held-out tasks after 0, 1, 2, ... policy-gradient
+steps, every run fine-tuned from its weights on the same tasks (the paper's test protocol)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from metarl.config import RLConfig, RLEvalConfig
+from metarl.evaluation import curve_rows
+from metarl.rl.episodes import EpisodeBatch, split_tasks
+from metarl.rl.learners import advantages_of, make_policy, task_env
+from metarl.rl.maml_trpo import adapt_policy
+from metarl.rl.policies import Params, Policy
+from metarl.rl.sampling import EpisodeSampler, make_sampler
+from metarl.rl.sampling.envs import make_env
+
+EVAL_STREAM = 0xE7A1  # mixes held-out task streams apart from training streams
+
+
+def eval_rng(seed: int) -> np.random.Generator:
+    """The held-out task stream: derived so it never equals a training stream."""
+    return np.random.default_rng(np.random.SeedSequence([EVAL_STREAM, seed]))
+
+
+def step_lrs(eval_cfg: RLEvalConfig, train_lr: float) -> list[float]:
+    """The inner lr of each test step: ``eval.lr`` with its last value repeated; without it
+    ``train_lr`` for the first step and half of it after (the paper's test scripts)."""
+    given = list(eval_cfg.lr) if eval_cfg.lr is not None else [train_lr, train_lr / 2]
+    return [given[min(i, len(given) - 1)] for i in range(eval_cfg.max_steps)]
+
+
+def _adapt_each(
+    policy: Policy, params: Params, episodes: EpisodeBatch, advantages: torch.Tensor, lr: float
+) -> Params:
+    """One VPG step per task from per-task weights ``[K, ...]`` (no meta-graph kept)."""
+    fn = functools.partial(adapt_policy, policy, steps=1, lr=lr, first_order=True)
+    adapted: Params = torch.func.vmap(fn)(
+        params, episodes.by_task(), split_tasks(advantages, episodes.num_tasks)
+    )
+    return {k: v.detach() for k, v in adapted.items()}
+
+
+def adaptation_returns(
+    config: RLConfig,
+    params: Params,
+    tasks: Sequence[Any],
+    sampler: EpisodeSampler,
+    eval_cfg: RLEvalConfig,
+    *,
+    seed: int,
+) -> np.ndarray:
+    """Mean return per task after 0..max_steps policy-gradient steps: ``[steps + 1, tasks]``.
+
+    Every step samples fresh episodes with the current (per-task) weights, then adapts on them.
+    """
+    env = make_env(
+        config.env.id,
+        oracle=config.method == "oracle",
+        normalize_actions=config.env.normalize_actions,
+    )
+    policy = make_policy(config, env)
+    current = {k: v.unsqueeze(0).expand(len(tasks), *v.shape).clone() for k, v in params.items()}
+    generator = torch.Generator().manual_seed(seed)
+    seeds = np.random.SeedSequence([EVAL_STREAM, seed]).generate_state(eval_cfg.max_steps + 1)
+    returns = []
+    for step, lr in enumerate([*step_lrs(eval_cfg, config.inner.lr), None]):
+        batch = sampler.sample(
+            policy, current, tasks, generator=generator, seed=int(seeds[step]), per_task_params=True
+        )
+        returns.append(batch.returns.reshape(len(tasks), -1).mean(1).double().numpy())
+        if lr is not None:
+            adv = advantages_of(config, batch)
+            current = _adapt_each(policy, current, batch, adv, lr)
+    return np.stack(returns)
+
+
+def evaluate_rl(
+    runs: Sequence[tuple[RLConfig, Params]], eval_cfg: RLEvalConfig
+) -> list[dict[str, Any]]:
+    """Adaptation-curve rows (``mean_return``, ``ci95_return``) of every run on the same
+    held-out tasks, drawn from the first run's env with ``eval_cfg.seed``, with the same
+    episodes per step and number of steps; each run is fine-tuned with its own config's
+    ``eval.lr`` (the paper's test scripts used a rate per method). An ``oracle`` run is scored
+    without adaptation (step 0 only: the paper's horizontal line)."""
+    base = runs[0][0]
+    env = make_env(base.env.id)
+    tasks = task_env(env, base.env.id).sample_tasks(eval_cfg.num_tasks, eval_rng(eval_cfg.seed))
+    rows: list[dict[str, Any]] = []
+    samplers: dict[tuple[bool, bool], EpisodeSampler] = {}
+    try:
+        for config, params in runs:
+            if config.env.id != base.env.id:
+                raise ValueError(f"cannot compare runs on {config.env.id!r} and {base.env.id!r}")
+            oracle = config.method == "oracle"
+            key = (oracle, config.env.normalize_actions)
+            if key not in samplers:
+                samplers[key] = make_sampler(
+                    base.sampler, env_id=base.env.id, num_tasks=eval_cfg.num_tasks,
+                    episodes_per_task=eval_cfg.episodes_per_task, horizon=base.env.horizon,
+                    oracle=oracle, normalize_actions=config.env.normalize_actions,
+                )  # fmt: skip
+            run_cfg = dataclasses.replace(
+                eval_cfg, lr=config.eval.lr, max_steps=0 if oracle else eval_cfg.max_steps
+            )
+            curve = adaptation_returns(
+                config, params, tasks, samplers[key], run_cfg, seed=eval_cfg.seed
+            )
+            rows += curve_rows(curve, metric="return", method=config.method)
+    finally:
+        for sampler in samplers.values():
+            sampler.close()
+    return rows
