@@ -82,10 +82,20 @@ def _add_overrides(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_device(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        help=f"where {what} computes (overrides the config key device; auto: CUDA if "
+        "available); envs step on the CPU",
+    )
+
+
 def _train_parser(train: argparse.ArgumentParser) -> None:
     train.add_argument("config", nargs="?", help="YAML config (default: the built-in one)")
     train.add_argument("--out", required=True, type=Path, help="run directory")
     _add_overrides(train)
+    _add_device(train, "the learner")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument(
         "--no-progress",
@@ -111,6 +121,7 @@ def _evaluate_parser(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--steps", type=int, help="gradient steps (default from the config)")
     ev.add_argument("--seed", type=int, help="seed of the held-out tasks")
     ev.add_argument("--episodes", type=int, help="RL: episodes per task and step")
+    _add_device(ev, "the fine-tuning of every run")
     ev.add_argument(
         "--checkpoint",
         default="last",
@@ -156,7 +167,8 @@ def _exit_code(err: KeyboardInterrupt) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    config = load_config(args.config, args.overrides)
+    device = [f"device={args.device}"] if args.device else []
+    config = load_config(args.config, [*args.overrides, *device])
     kind = KINDS[config.kind]
     trainer = Trainer(
         config=config,
@@ -199,6 +211,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     which = str(int(args.checkpoint)) if args.checkpoint.isdigit() else args.checkpoint
     run = load_checkpoint(args.run_dir, which)
     runs = [run, *(load_checkpoint(d) for d in args.compare)]
+    if args.device:
+        runs = [replace(r, config=replace(r.config, device=args.device)) for r in runs]
     for path, other in zip(args.compare, runs[1:], strict=True):
         if other.config.kind != run.config.kind:
             raise ConfigError(

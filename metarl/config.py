@@ -124,6 +124,11 @@ class SinusoidConfig:
     """``maml``: meta-train; ``pretrained``: one network trained on all tasks jointly."""
     seed: int = bounded(0, ge=0)
     """Seed of every random stream of the run."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where meta-training and evaluation compute; tasks are drawn on the CPU, so a seed gives
+    the same data on every device. auto: CUDA if available, else the CPU; cuda on a machine
+    without it is an error. Checkpoints hold CPU tensors and load on any device (--device on
+    train and evaluate overrides this key)."""
     iterations: int = bounded(70_000, ge=1)
     """Outer (meta) iterations."""
     meta_batch_size: int = bounded(25, ge=1)
@@ -290,6 +295,11 @@ class RLConfig:
     (TRPO with the task appended to the observation)."""
     seed: int = bounded(0, ge=0)
     """Seed of every random stream of the run."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the learner computes (adaptation, the outer step, evaluation's fine-tuning); the
+    envs step on the CPU. auto: CUDA if available, else the CPU; cuda on a machine without it is
+    an error. Checkpoints hold CPU tensors and load on any device (--device on train and
+    evaluate overrides this key)."""
     iterations: int = bounded(100, ge=1)
     """Meta-iterations (outer TRPO steps)."""
     meta_batch_size: int = bounded(20, ge=1)
@@ -401,6 +411,11 @@ class OmniglotConfig:
     """Experiment type."""
     seed: int = bounded(0, ge=0)
     """Seed of every random stream of the run."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where meta-training and evaluation compute; tasks are drawn on the CPU, so a seed gives
+    the same data on every device. auto: CUDA if available, else the CPU; cuda on a machine
+    without it is an error. Checkpoints hold CPU tensors and load on any device (--device on
+    train and evaluate overrides this key)."""
     iterations: int = bounded(60_000, ge=1)
     """Outer (meta) iterations."""
     meta_batch_size: int = bounded(32, ge=1)

@@ -47,7 +47,15 @@ CHECKPOINT_FORMAT = 1
 # meta_lr for the last iterations: the supervised learners keep Adam's moments and take the
 # new rate).
 RESUMABLE_CHANGES = frozenset(
-    {"iterations", "log_every", "checkpoint_every", "checkpoint_keep", "meta_lr", "learner_threads"}
+    {
+        "iterations",
+        "log_every",
+        "checkpoint_every",
+        "checkpoint_keep",
+        "meta_lr",
+        "learner_threads",
+        "device",
+    }
 )
 
 
@@ -362,7 +370,7 @@ def _kept(run_dir: Path) -> str:
 
 def _read_checkpoint(path: Path) -> Checkpoint:
     try:
-        payload = torch.load(path, weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds for a damaged file
         raise CheckpointError(
             f"checkpoint {str(path)!r} is corrupt or not a metarl checkpoint ({_load_failure(err)})"

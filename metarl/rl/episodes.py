@@ -92,7 +92,8 @@ class EpisodeBatch:
     def __post_init__(self) -> None:
         _validate_counts(self)
         _validate_shapes(self)
-        _validate_mask(self)
+        if self.mask.device.type != "meta":  # a batch on the meta device has no data to check
+            _validate_mask(self)
 
     @property
     def horizon(self) -> int:
@@ -108,6 +109,25 @@ class EpisodeBatch:
     def returns(self) -> Tensor:
         """Undiscounted return of each episode, ``[N]`` (for logging)."""
         return (self.rewards * self.mask).sum(0)
+
+    def to(self, device: torch.device | str) -> EpisodeBatch:
+        """The batch with every tensor on ``device`` (itself when they are there already)."""
+        device = torch.device(device)
+        if self.observations.device == device:
+            return self
+        return EpisodeBatch(
+            observations=self.observations.to(device),
+            actions=self.actions.to(device),
+            rewards=self.rewards.to(device),
+            mask=self.mask.to(device),
+            lengths=self.lengths.to(device),
+            terminated=self.terminated.to(device),
+            truncated=self.truncated.to(device),
+            last_observations=self.last_observations.to(device),
+            log_probs=self.log_probs.to(device),
+            num_tasks=self.num_tasks,
+            episodes_per_task=self.episodes_per_task,
+        )
 
     def by_task(self) -> TaskEpisodes:
         """All tensors with a leading task axis (views): ``[K, T, E, ...]`` / ``[K, E, ...]``."""

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from metarl.config import RLConfig, RLEvalConfig
+from metarl.devices import resolve_device, to_cpu, to_device
 from metarl.evaluation import curve_rows
 from metarl.rl.episodes import EpisodeBatch, split_tasks
-from metarl.rl.learners import advantages_of, make_policy, task_env
+from metarl.rl.learners import advantages_of, device_policies, task_env
 from metarl.rl.maml_trpo import adapt_policy
 from metarl.rl.policies import Params, Policy
 from metarl.rl.sampling import EpisodeSampler, make_sampler
@@ -57,26 +58,30 @@ def adaptation_returns(
 ) -> np.ndarray:
     """Mean return per task after 0..max_steps policy-gradient steps: ``[steps + 1, tasks]``.
 
-    Every step samples fresh episodes with the current (per-task) weights, then adapts on them.
+    Every step samples fresh episodes with the current (per-task) weights, then adapts on them
+    on ``config.device`` (the weights go to the sampler's CPU, the episodes to the device).
     """
     env = make_env(
         config.env.id,
         oracle=config.method == "oracle",
         normalize_actions=config.env.normalize_actions,
     )
-    policy = make_policy(config, env)
+    policy, acting = device_policies(config, env)
+    device = resolve_device(config.device)
     current = {k: v.unsqueeze(0).expand(len(tasks), *v.shape).clone() for k, v in params.items()}
+    current = to_device(current, device)
     generator = torch.Generator().manual_seed(seed)
     seeds = np.random.SeedSequence([EVAL_STREAM, seed]).generate_state(eval_cfg.max_steps + 1)
     returns = []
     for step, lr in enumerate([*step_lrs(eval_cfg, config.inner.lr), None]):
         batch = sampler.sample(
-            policy, current, tasks, generator=generator, seed=int(seeds[step]), per_task_params=True
-        )
+            acting, to_cpu(current), tasks, generator=generator, seed=int(seeds[step]),
+            per_task_params=True,
+        )  # fmt: skip
         returns.append(batch.returns.reshape(len(tasks), -1).mean(1).double().numpy())
         if lr is not None:
-            adv = advantages_of(config, batch)
-            current = _adapt_each(policy, current, batch, adv, lr)
+            batch = batch.to(device)
+            current = _adapt_each(policy, current, batch, advantages_of(config, batch), lr)
     return np.stack(returns)
 
 

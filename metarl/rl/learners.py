@@ -16,6 +16,7 @@ import gymnasium as gym
 import torch
 
 from metarl.config import ConfigError, RLConfig
+from metarl.devices import cpu_copy, resolve_device, synchronize, to_cpu, to_device
 from metarl.rl.episodes import EpisodeBatch, episode_columns
 from metarl.rl.losses import compute_advantages, masked_mean, surrogate_loss
 from metarl.rl.maml_trpo import MetaBatch, adapt_meta_batch, curvature_episodes, meta_trpo_step
@@ -113,21 +114,31 @@ def advantages_of(config: RLConfig, episodes: EpisodeBatch) -> torch.Tensor:
     )
 
 
+def device_policies(config: RLConfig, env: gym.Env[Any, Any]) -> tuple[Policy, Policy]:
+    """The policy on ``config.device`` (what the learner differentiates) and the one a sampler
+    acts with on the CPU: the same object on a CPU device."""
+    device = resolve_device(config.device)
+    acting = make_policy(config, env)
+    return (acting if device.type == "cpu" else make_policy(config, env).to(device)), acting
+
+
 class PolicyLearner:
-    """What every RL learner holds: the task env, the policy and its weights, the sampler.
+    """What every RL learner holds: the task env, the policy and its weights (on
+    ``config.device``), the sampler (on the CPU).
 
     Subclasses implement ``step``. The oracle method sees the task in its observations.
     """
 
     def __init__(self, config: RLConfig, rngs: Rngs) -> None:
         self.config = config
+        self.device = resolve_device(config.device)
         oracle = config.method == "oracle"
         self._env = make_env(
             config.env.id, oracle=oracle, normalize_actions=config.env.normalize_actions
         )
         self.tasks = task_env(self._env, config.env.id)
-        self.policy = make_policy(config, self._env)
-        self.params: Params = self.policy.init_params(rngs.torch)
+        self.policy, self._acting = device_policies(config, self._env)
+        self.params: Params = to_device(self.policy.init_params(rngs.torch), self.device)
         self.sampler = make_sampler(
             config.sampler,
             env_id=config.env.id,
@@ -141,25 +152,42 @@ class PolicyLearner:
     def advantages(self, episodes: EpisodeBatch) -> torch.Tensor:
         return advantages_of(self.config, episodes)
 
+    def sample(
+        self, params: Params, tasks: list[Any], rngs: Rngs, seed: int, *, per_task: bool = False
+    ) -> EpisodeBatch:
+        """Episodes of ``tasks`` acting with ``params`` (per-task weights ``[K, ...]`` when
+        ``per_task``): the weights go to the sampler's CPU once, the episodes to the
+        learner's device once."""
+        batch = self.sampler.sample(
+            self._acting, to_cpu(params), tasks, generator=rngs.torch, seed=seed,
+            per_task_params=per_task,
+        )  # fmt: skip
+        return batch.to(self.device)
+
     def sample_with_theta(self, rngs: Rngs) -> tuple[list[Any], EpisodeBatch]:
         """Fresh tasks and episodes of them acting with the current weights."""
         tasks = self.tasks.sample_tasks(self.config.meta_batch_size, rngs.numpy)
         seed = int(rngs.numpy.integers(0, 2**31 - 1))
-        return tasks, self.sampler.sample(
-            self.policy, self.params, tasks, generator=rngs.torch, seed=seed
-        )
+        return tasks, self.sample(self.params, tasks, rngs, seed)
 
     def step(self, rngs: Rngs) -> dict[str, float]:
         raise NotImplementedError
 
+    def _seconds_since(self, clock: float) -> float:
+        """Wall seconds since ``clock``, the device's queued work included."""
+        synchronize(self.device)
+        return time.perf_counter() - clock
+
     def weights(self) -> Params:
-        return {k: v.detach().clone() for k, v in self.params.items()}
+        """A copy of the current weights on the CPU (what a checkpoint holds)."""
+        return cpu_copy(self.params)
 
     def state_dict(self) -> dict[str, Any]:
         return {"params": self.weights()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.params = {k: v.clone() for k, v in state["params"].items()}
+        """Take a checkpoint's weights (on any device) onto the learner's device."""
+        self.params = {k: v.to(self.device, copy=True) for k, v in state["params"].items()}
 
     def close(self) -> None:
         self.sampler.close()
@@ -220,25 +248,16 @@ class MAMLTRPOLearner(PolicyLearner):
         clock = time.perf_counter()
         tasks = self.tasks.sample_tasks(self.config.meta_batch_size, rngs.numpy)
         seeds = rngs.numpy.integers(0, 2**31 - 1, size=2)
-        train = self.sampler.sample(
-            self.policy, self.params, tasks, generator=rngs.torch, seed=int(seeds[0])
-        )
-        t_sample = time.perf_counter() - clock
+        train = self.sample(self.params, tasks, rngs, int(seeds[0]))
+        t_sample = self._seconds_since(clock)
         clock = time.perf_counter()
         train_adv = self.advantages(train)
         with torch_threads(self.config.learner_threads):
             adaptation = adapt_meta_batch(self.policy, self.params, train, train_adv, self.inner)
-        t_adapt = time.perf_counter() - clock
+        t_adapt = self._seconds_since(clock)
         clock = time.perf_counter()
-        valid = self.sampler.sample(
-            self.policy,
-            adaptation.params,
-            tasks,
-            generator=rngs.torch,
-            seed=int(seeds[1]),
-            per_task_params=True,
-        )
-        t_sample += time.perf_counter() - clock
+        valid = self.sample(adaptation.params, tasks, rngs, int(seeds[1]), per_task=True)
+        t_sample += self._seconds_since(clock)
         clock = time.perf_counter()
         batch = MetaBatch(
             train=train,
@@ -251,7 +270,7 @@ class MAMLTRPOLearner(PolicyLearner):
             self.params, trpo_stats = meta_trpo_step(
                 self.policy, self.params, batch, self.config.trpo, adaptation=adaptation
             )
-        t_trpo = time.perf_counter() - clock
+        t_trpo = self._seconds_since(clock)
         return {
             "pre_adapt_return": float(train.returns.mean()),
             "post_adapt_return": float(valid.returns.mean()),

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from metarl.adaptation import Params, adapt
 from metarl.config import ConfigError, InnerLoopConfig, OmniglotConfig, OmniglotEvalConfig
+from metarl.devices import cpu_copy, resolve_device, to_device
 from metarl.evaluation import curve_rows
 from metarl.rngs import Rngs, held_out_generator
 from metarl.supervised import restore_weights_and_optimizer
@@ -146,6 +147,7 @@ class OmniglotLearner:
 
     def __init__(self, config: OmniglotConfig, rngs: Rngs) -> None:
         self.config = config
+        self.device = resolve_device(config.device)
         self.dtype = DTYPES[config.dtype]
         self.model = make_model(config)
         self.train_pool, _ = load_pools(config)
@@ -157,16 +159,16 @@ class OmniglotLearner:
             query=task.query,
             query_key="task.query",
         )
+        weights = init_convnet_params(self.model, rngs.torch, self.dtype)
         self.params: Params = {
-            k: v.requires_grad_()
-            for k, v in init_convnet_params(self.model, rngs.torch, self.dtype).items()
+            k: v.requires_grad_() for k, v in to_device(weights, self.device).items()
         }
         self.optimizer = torch.optim.Adam(self.params.values(), lr=config.meta_lr)
 
     def sample_batch(self, rngs: Rngs) -> FewShotBatch:
-        """A fresh meta-batch of training tasks."""
+        """A fresh meta-batch of training tasks (drawn on the CPU, on the learner's device)."""
         cfg = self.config
-        return sample_tasks(
+        batch = sample_tasks(
             self.train_pool,
             num_tasks=cfg.meta_batch_size,
             ways=cfg.task.ways,
@@ -175,6 +177,7 @@ class OmniglotLearner:
             generator=rngs.torch,
             dtype=self.dtype,
         )
+        return _moved(batch, self.device)
 
     def step(self, rngs: Rngs) -> dict[str, float]:
         """One outer iteration on a fresh meta-batch; returns its statistics."""
@@ -193,11 +196,11 @@ class OmniglotLearner:
         }
 
     def weights(self) -> Params:
-        """A detached copy of the current weights."""
-        return {k: v.detach().clone() for k, v in self.params.items()}
+        """A copy of the current weights on the CPU (what a checkpoint holds)."""
+        return cpu_copy(self.params)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"params": self.weights(), "optimizer": self.optimizer.state_dict()}
+        return {"params": self.weights(), "optimizer": cpu_copy(self.optimizer.state_dict())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         restore_weights_and_optimizer(self.params, self.optimizer, state, self.config.meta_lr)
@@ -265,6 +268,14 @@ def _cast(batch: FewShotBatch, dtype: torch.dtype) -> FewShotBatch:
     )
 
 
+def _moved(batch: FewShotBatch, device: torch.device) -> FewShotBatch:
+    """The batch's images and labels on ``device``."""
+    return dataclasses.replace(
+        batch, x_support=batch.x_support.to(device), y_support=batch.y_support.to(device),
+        x_query=batch.x_query.to(device), y_query=batch.y_query.to(device),
+    )  # fmt: skip
+
+
 def _check_comparable(runs: Sequence[tuple[OmniglotConfig, Params]]) -> None:
     base = runs[0][0]
     for config, _ in runs[1:]:
@@ -291,7 +302,10 @@ def evaluate_omniglot(
     _, test_pool = load_pools(base)
     check_task(test_pool, ways=ways, shots=shots, query=eval_cfg.query, query_key="eval.query")
     generator = eval_generator(eval_cfg.seed, ways, shots)
-    models = [(make_model(config), config, params) for config, params in runs]
+    models = [
+        (make_model(config), config, to_device(params, resolve_device(config.device)))
+        for config, params in runs
+    ]
     per_run: list[list[Tensor]] = [[] for _ in runs]
     for start in range(0, eval_cfg.num_tasks, EVAL_CHUNK):
         batch = sample_tasks(
@@ -304,13 +318,13 @@ def evaluate_omniglot(
         )
         for i, (model, config, params) in enumerate(models):
             lr = eval_cfg.lr or config.inner.lr
-            cast = _cast(batch, DTYPES[config.dtype])
+            cast = _moved(_cast(batch, DTYPES[config.dtype]), resolve_device(config.device))
             per_run[i].append(
                 accuracy_curve(model, params, cast, lr=lr, max_steps=eval_cfg.max_steps)
             )
     rows: list[dict[str, Any]] = []
     for (_, config, _), chunks in zip(models, per_run, strict=True):
-        curve = torch.cat(chunks, dim=1).numpy()
+        curve = torch.cat(chunks, dim=1).cpu().numpy()
         rows += curve_rows(
             curve, metric="accuracy", method=method_name(config), extra={"shots": shots}
         )

@@ -7,6 +7,7 @@ adapted at once with :func:`torch.func.vmap`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from metarl.config import (
     SinusoidEvalConfig,
     SinusoidTaskConfig,
 )
+from metarl.devices import cpu_copy, resolve_device, to_device
 from metarl.evaluation import curve_rows
 from metarl.rngs import Rngs, held_out_generator
 from metarl.supervised import restore_weights_and_optimizer
@@ -39,6 +41,11 @@ class SinusoidBatch:
     y_support: Tensor
     x_query: Tensor
     y_query: Tensor
+
+    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> SinusoidBatch:
+        """The batch on ``device`` (in ``dtype`` if given)."""
+        fields = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return SinusoidBatch(*(x.to(device=device, dtype=dtype) for x in fields))
 
 
 def _uniform(
@@ -139,11 +146,12 @@ class SinusoidLearner:
 
     def __init__(self, config: SinusoidConfig, rngs: Rngs) -> None:
         self.config = config
+        self.device = resolve_device(config.device)
         self.dtype = DTYPES[config.dtype]
         self.model = make_model(config)
+        weights = init_params(self.model, rngs.torch, self.dtype)
         self.params: Params = {
-            k: v.requires_grad_()
-            for k, v in init_params(self.model, rngs.torch, self.dtype).items()
+            k: v.requires_grad_() for k, v in to_device(weights, self.device).items()
         }
         self.optimizer = torch.optim.Adam(self.params.values(), lr=config.meta_lr, fused=True)
 
@@ -157,7 +165,7 @@ class SinusoidLearner:
             k_query=cfg.task.k_query,
             generator=rngs.torch,
             dtype=self.dtype,
-        )
+        ).to(self.device)
         with torch.no_grad():
             pre = mse(self.model, self.params, batch.x_query, batch.y_query)
         self.optimizer.zero_grad(set_to_none=True)
@@ -174,11 +182,11 @@ class SinusoidLearner:
         return {stats_key: float(loss.detach()), "pre_adapt_query_loss": float(pre)}
 
     def weights(self) -> Params:
-        """A detached copy of the current weights."""
-        return {k: v.detach().clone() for k, v in self.params.items()}
+        """A copy of the current weights on the CPU (what a checkpoint holds)."""
+        return cpu_copy(self.params)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"params": self.weights(), "optimizer": self.optimizer.state_dict()}
+        return {"params": self.weights(), "optimizer": cpu_copy(self.optimizer.state_dict())}
 
     def close(self) -> None:
         """Nothing to release."""
@@ -213,18 +221,22 @@ def evaluate_sinusoid(
             dtype=torch.float64,
         )
         for config, params in runs:
-            dtype = DTYPES[config.dtype]
+            device = resolve_device(config.device)
+            run = batch.to(device, DTYPES[config.dtype])
             curve = adaptation_curve(
                 make_model(config),
-                params,
-                batch.x_support.to(dtype),
-                batch.y_support.to(dtype),
-                batch.x_query.to(dtype),
-                batch.y_query.to(dtype),
+                to_device(params, device),
+                run.x_support,
+                run.y_support,
+                run.x_query,
+                run.y_query,
                 lr=eval_cfg.lr or config.inner.lr,
                 max_steps=eval_cfg.max_steps,
             )
             rows += curve_rows(
-                curve.double().numpy(), metric="loss", method=config.method, extra={"shots": shots}
+                curve.double().cpu().numpy(),
+                metric="loss",
+                method=config.method,
+                extra={"shots": shots},
             )
     return rows
