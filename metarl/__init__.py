@@ -1,4 +1,10 @@
-"""metarl: gradient-based meta-learning (MAML) for reinforcement learning and supervised tasks."""
+"""metarl: gradient-based meta-learning (MAML) for reinforcement learning and supervised tasks.
+
+The public API: :func:`adapt` (the one inner loop), and :func:`train`, :func:`evaluate`,
+:func:`load_run`, :func:`load_policy` (:mod:`metarl.api`: what the ``metarl`` command does, as
+functions returning :class:`Run`, :class:`~metarl.experiments.EvalResult` and
+:class:`TrainedPolicy`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,15 @@ from types import ModuleType
 
 from metarl.adaptation import adapt
 
-__all__ = ["adapt"]
+__all__ = [
+    "Run",
+    "TrainedPolicy",
+    "adapt",
+    "evaluate",
+    "load_policy",
+    "load_run",
+    "train",
+]
 __version__ = "0.1.0"
 
 
@@ -47,3 +61,5 @@ def _load_envs() -> ModuleType:
 
 # Last: the envs import metarl.tasks.
 envs = _load_envs()
+
+from metarl.api import Run, TrainedPolicy, evaluate, load_policy, load_run, train  # noqa: E402

@@ -36,10 +36,11 @@ def step_lrs(eval_cfg: RLEvalConfig, train_lr: float) -> list[float]:
     return [given[min(i, len(given) - 1)] for i in range(eval_cfg.max_steps)]
 
 
-def _adapt_each(
+def adapt_step(
     policy: Policy, params: Params, episodes: EpisodeBatch, advantages: torch.Tensor, lr: float
 ) -> Params:
-    """One VPG step per task from per-task weights ``[K, ...]`` (no meta-graph kept)."""
+    """One VPG step per task from per-task weights ``[K, ...]`` with ``lr`` (no meta-graph
+    kept): how evaluation, and :meth:`metarl.api.TrainedPolicy.adapt`, fine-tune."""
     fn = functools.partial(adapt_policy, policy, steps=1, lr=lr, first_order=True)
     adapted: Params = torch.func.vmap(fn)(
         params, episodes.by_task(), split_tasks(advantages, episodes.num_tasks)
@@ -81,7 +82,7 @@ def adaptation_returns(
         returns.append(batch.returns.reshape(len(tasks), -1).mean(1).double().numpy())
         if lr is not None:
             batch = batch.to(device)
-            current = _adapt_each(policy, current, batch, advantages_of(config, batch), lr)
+            current = adapt_step(policy, current, batch, advantages_of(config, batch), lr)
     return np.stack(returns)
 
 
