@@ -141,14 +141,10 @@ def meta_batch(learner: MAMLTRPOLearner, rngs: Rngs) -> tuple[MetaBatch, TaskAda
     config = learner.config
     tasks = learner.tasks.sample_tasks(config.meta_batch_size, rngs.numpy)
     seeds = rngs.numpy.integers(0, 2**31 - 1, size=2)
-    policy, params, sampler = learner.policy, learner.params, learner.sampler
-    train = sampler.sample(policy, params, tasks, generator=rngs.torch, seed=int(seeds[0]))
+    train = learner.sample(learner.params, tasks, rngs, int(seeds[0]))
     train_adv = learner.advantages(train)
-    adaptation = adapt_meta_batch(policy, params, train, train_adv, learner.inner)
-    valid = sampler.sample(
-        policy, adaptation.params, tasks, generator=rngs.torch, seed=int(seeds[1]),
-        per_task_params=True,
-    )  # fmt: skip
+    adaptation = adapt_meta_batch(learner.policy, learner.params, train, train_adv, learner.inner)
+    valid = learner.sample(adaptation.params, tasks, rngs, int(seeds[1]), per_task=True)
     batch = MetaBatch(train, train_adv, valid, learner.advantages(valid), learner.inner)
     return batch, adaptation
 

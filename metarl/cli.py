@@ -207,18 +207,26 @@ def _interrupted_training(trainer: Trainer) -> str:
     )
 
 
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    which = str(int(args.checkpoint)) if args.checkpoint.isdigit() else args.checkpoint
+def _runs_to_evaluate(args: argparse.Namespace, which: str) -> list[Checkpoint]:
+    """The checkpoint of RUN_DIR and those of the --compare runs (their last), of one kind,
+    with --device in their configs if given."""
     run = load_checkpoint(args.run_dir, which)
     runs = [run, *(load_checkpoint(d) for d in args.compare)]
-    if args.device:
-        runs = [replace(r, config=replace(r.config, device=args.device)) for r in runs]
     for path, other in zip(args.compare, runs[1:], strict=True):
         if other.config.kind != run.config.kind:
             raise ConfigError(
                 f"--compare {str(path)!r} is a {other.config.kind!r} run; "
                 f"{str(args.run_dir)!r} is a {run.config.kind!r} run"
             )
+    if args.device:
+        runs = [replace(r, config=replace(r.config, device=args.device)) for r in runs]
+    return runs
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    which = str(int(args.checkpoint)) if args.checkpoint.isdigit() else args.checkpoint
+    runs = _runs_to_evaluate(args, which)
+    run = runs[0]
     out_dir = args.out if args.out is not None else args.run_dir
     created = make_dirs(out_dir, "--out directory") if args.out is not None else []
     try:

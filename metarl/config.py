@@ -258,10 +258,11 @@ class TRPOConfig:
     against 5.63 s (exact) and 1.76 against 1.87 s (gauss_newton)."""
     accelerator: bool = True
     """true: for the default MLP policy, the meta-KL gradients that finite-difference products
-    difference and the gauss_newton products come from hand-derived MLP calculus
-    (metarl.rl.mlp_accelerator; at the paper's Navigation2D size 1.27x and 2.3x faster per
-    meta-iteration); every other network, and exact products, use the generic torch.func path.
-    false (or off): always the generic path."""
+    difference and the gauss_newton products (with hvp_subsample 1 also the meta-gradient,
+    from the products' passes) come from hand-derived MLP calculus (metarl.rl.mlp_accelerator;
+    at the paper's Navigation2D size 1.27x and 2.3x faster per meta-iteration); every other
+    network, and exact products, use the generic torch.func path. false (or off): always the
+    generic path."""
 
 
 @dataclass(frozen=True)

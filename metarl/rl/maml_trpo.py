@@ -23,8 +23,9 @@ the adaptation the learner sampled the valid episodes with is kept with its pull
 (:func:`adapt_meta_batch`, ``torch.func.vjp``), so the meta-gradient at the old weights adapts
 nothing again; finite-difference products re-adapt at ``theta +- eps v``; exact ones
 double-backprop the meta-KL; Gauss-Newton ones are ``J^T F J v`` by ``torch.func`` jvp/vjp.
-For the default MLP, :mod:`metarl.rl.mlp_accelerator` computes the Gauss-Newton products by hand
-(``trpo.accelerator``), where that is measured to pay.
+For the default MLP, :mod:`metarl.rl.mlp_accelerator` computes the meta-KL gradients, the
+Gauss-Newton products (and with them the meta-gradient) by hand (``trpo.accelerator``), where
+that is measured to pay.
 """
 
 from __future__ import annotations
@@ -427,16 +428,26 @@ def meta_trpo_step(
     e = curvature_episodes(config.hvp_subsample, batch.valid.episodes_per_task)
     sub = batch.valid.episodes_per_task > e
     curv = MetaObjective(policy, batch.first_valid_episodes(e), adaptation) if sub else full
-    fast = _accelerator(policy, curv, config)
-    derivatives = Derivatives(
-        loss_grad=full.loss_and_grad,
-        kl_grad=(fast or curv).kl_grad,
-        gauss_newton=(fast or curv).gauss_newton_hvp,
-    )
     return trpo_step(
         adaptation.theta, full.loss, full.kl, config, loss_kl_fn=full.loss_and_kl,
-        derivatives=derivatives, curvature_kl_fn=curv.kl if sub else None,
+        derivatives=_derivatives(policy, full, curv, config),
+        curvature_kl_fn=curv.kl if sub else None,
     )  # fmt: skip
+
+
+def _derivatives(
+    policy: Policy, full: MetaObjective, curvature: MetaObjective, config: TRPOConfig
+) -> Derivatives:
+    """The meta-gradient from ``full``, the products' routines from ``curvature``; by the
+    accelerator where it applies (with Gauss-Newton products on all valid episodes, the
+    meta-gradient too: it re-uses their passes at theta_old)."""
+    fast = _accelerator(policy, curvature, config)
+    by_hand = fast is not None and config.hvp == "gauss_newton" and curvature is full
+    return Derivatives(
+        loss_grad=fast.loss_and_grad if fast is not None and by_hand else full.loss_and_grad,
+        kl_grad=(fast or curvature).kl_grad,
+        gauss_newton=(fast or curvature).gauss_newton_hvp,
+    )
 
 
 def _accelerator(

@@ -268,6 +268,11 @@ def _cast(batch: FewShotBatch, dtype: torch.dtype) -> FewShotBatch:
     )
 
 
+def _on_device(config: OmniglotConfig, params: Params) -> Params:
+    """A run's weights on its config's device."""
+    return to_device(params, resolve_device(config.device))
+
+
 def _moved(batch: FewShotBatch, device: torch.device) -> FewShotBatch:
     """The batch's images and labels on ``device``."""
     return dataclasses.replace(
@@ -302,10 +307,7 @@ def evaluate_omniglot(
     _, test_pool = load_pools(base)
     check_task(test_pool, ways=ways, shots=shots, query=eval_cfg.query, query_key="eval.query")
     generator = eval_generator(eval_cfg.seed, ways, shots)
-    models = [
-        (make_model(config), config, to_device(params, resolve_device(config.device)))
-        for config, params in runs
-    ]
+    models = [(make_model(config), config, _on_device(config, params)) for config, params in runs]
     per_run: list[list[Tensor]] = [[] for _ in runs]
     for start in range(0, eval_cfg.num_tasks, EVAL_CHUNK):
         batch = sample_tasks(
