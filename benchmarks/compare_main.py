@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_main.py \\
         --baseline-tree /work/wt/pre13 [--baseline-tree ...] \\
-        [--methods finite_difference exact gauss_newton] [--iters 7] [--seed 0]
+        [--methods finite_difference exact gauss_newton] [--iters 5] [--rounds 3] [--seed 0]
 
 The measurement of ``benchmarks/maml_trpo_speed.py`` part 1 (Navigation2D at the paper's size:
 20 tasks x 20 episodes x horizon 100, Gaussian MLP 2-100-100-2 ReLU, one second-order inner
@@ -11,9 +11,17 @@ one and each ``--baseline-tree``, e.g. a ``git worktree`` of an older commit: it
 ``PYTHONPATH``, this venv's packages), all built from the same seed. Per ``trpo.hvp`` method
 the workers take turns, one meta-iteration each, the order rotating every round, so a loaded
 machine slows every checkout alike; after one warm-up iteration each, the medians of
-``--iters`` iterations of the whole iteration and of its sampling, adaptation and TRPO. Same
-seed and same code path: every checkout does the same work in every iteration. The last line
-printed is one JSON object with all figures.
+``--iters`` iterations of the whole iteration and of its sampling, adaptation and TRPO. Every
+timed iteration is the same one, the first of training from the seed (the learner's state and
+RNGs restored before each), so every checkout times the same work, whatever rounding sets
+their training apart (``--successive``: successive iterations instead). The last line printed
+is one JSON object with all figures (and the median line-search backtracks, to show the work
+was the same).
+
+``--rounds``: the comparison again with fresh worker processes, the figures the medians over
+rounds (``.../rounds`` lists each round's): a process's timings carry a bias of its own of a
+few percent (where its buffers happen to lie: BLAS picks kernels by alignment), which
+interleaving within one process pair cannot average out.
 """
 
 from __future__ import annotations
@@ -42,9 +50,11 @@ PARTS = ("sample_s", "adapt_s", "trpo_s", "total_s")
 # ------------------------------------------------------------------ the worker (any checkout)
 
 
-def worker(hvp: str, seed: int) -> None:
+def worker(hvp: str, seed: int, same: bool) -> None:
     """Build the learner of this process's ``metarl``, then one meta-iteration per ``step``
-    line on stdin, answering each with a JSON line of its timings."""
+    line on stdin, answering each with a JSON line of its timings. ``same``: every iteration
+    after the first starts from the learner's state and RNGs after the first (the same work
+    every time)."""
     import torch
 
     import metarl
@@ -61,14 +71,22 @@ def worker(hvp: str, seed: int) -> None:
     rngs = Rngs.from_seed(seed)
     learner = MAMLTRPOLearner(config, rngs)
     print(json.dumps({"ready": str(Path(metarl.__file__).parent)}), flush=True)
+    start: tuple[Any, Any] | None = None
     try:
         for line in sys.stdin:
             if line.strip() != "step":
                 break
+            if same and start is not None:
+                learner.load_state_dict(start[0])
+                rngs.restore(start[1])
+            elif same:
+                start = (learner.state_dict(), rngs.state())
             clock = time.perf_counter()
             stats = learner.step(rngs)
             stats["time/total_s"] = time.perf_counter() - clock
-            print(json.dumps({k: stats[f"time/{k}"] for k in PARTS}), flush=True)
+            got = {k: stats[f"time/{k}"] for k in PARTS}
+            got["backtracks"] = stats.get("trpo/backtracks", -1.0)
+            print(json.dumps(got), flush=True)
     finally:
         learner.close()
 
@@ -79,10 +97,12 @@ def worker(hvp: str, seed: int) -> None:
 class Worker:
     """A worker process on the checkout ``tree``."""
 
-    def __init__(self, name: str, tree: Path, hvp: str, seed: int) -> None:
-        self.name, self.times = name, []
+    def __init__(self, name: str, tree: Path, hvp: str, seed: int, same: bool) -> None:
+        self.name = name
+        self.times: list[dict[str, float]] = []
         env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
         args = [sys.executable, str(Path(__file__).resolve()), "--worker", hvp, "--seed", str(seed)]
+        args += [] if same else ["--successive"]
         self.proc = subprocess.Popen(
             args, cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -112,9 +132,11 @@ class Worker:
         self.proc.wait(timeout=120)
 
 
-def compare(trees: dict[str, Path], hvp: str, iters: int, seed: int) -> dict[str, float]:
+def compare(
+    trees: dict[str, Path], hvp: str, iters: int, seed: int, same: bool
+) -> dict[str, float]:
     """Medians per checkout for one method, iterations interleaved (order rotating)."""
-    workers = [Worker(name, tree, hvp, seed) for name, tree in trees.items()]
+    workers = [Worker(name, tree, hvp, seed, same) for name, tree in trees.items()]
     try:
         for i in range(iters + 1):
             shift = i % len(workers)
@@ -125,7 +147,7 @@ def compare(trees: dict[str, Path], hvp: str, iters: int, seed: int) -> dict[str
             w.close()
     out: dict[str, float] = {}
     for w in workers:
-        for part in PARTS:
+        for part in (*PARTS, "backtracks"):
             out[f"{hvp}/{w.name}/{part}"] = statistics.median(t[part] for t in w.times)
     for w in workers[1:]:
         out[f"{hvp}/{w.name}/ratio_total"] = (
@@ -139,11 +161,16 @@ def main() -> None:
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--baseline-tree", action="append", type=Path, default=[])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--iters", type=int, default=7, help="timed iterations per checkout")
+    parser.add_argument("--iters", type=int, default=5, help="timed iterations per checkout")
+    parser.add_argument("--rounds", type=int, default=3, help="with fresh worker processes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--successive", action="store_true",
+        help="time successive training iterations (default: the first one, again and again)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.seed)
+        worker(args.worker, args.seed, same=not args.successive)
         return
     if not args.baseline_tree:
         parser.error("give at least one --baseline-tree (e.g. a git worktree of an old commit)")
@@ -151,11 +178,17 @@ def main() -> None:
     for tree in args.baseline_tree:
         trees[tree.resolve().name] = tree.resolve()
     figures: dict[str, Any] = {"trees": {k: str(v) for k, v in trees.items()}}
-    for hvp in args.methods:
-        got = compare(trees, hvp, args.iters, args.seed)
-        for key, value in got.items():
-            print(f"{key:45s} {value:9.3f}", flush=True)
-        figures.update(got)
+    rounds: dict[str, list[float]] = {}
+    for r in range(args.rounds):
+        for hvp in args.methods:
+            got = compare(trees, hvp, args.iters, args.seed, same=not args.successive)
+            for key, value in got.items():
+                print(f"round {r}: {key:45s} {value:9.3f}", flush=True)
+                rounds.setdefault(key, []).append(value)
+    for key, values in rounds.items():
+        figures[key] = statistics.median(values)
+        figures[f"{key}/rounds"] = [round(v, 4) for v in values]
+        print(f"{key:45s} {figures[key]:9.3f}  {figures[f'{key}/rounds']}")
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
 
 
