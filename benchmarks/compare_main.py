@@ -2,13 +2,15 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_main.py \\
         --baseline-tree /work/wt/pre13 [--baseline-tree ...] \\
-        [--methods finite_difference exact gauss_newton] [--iters 5] [--rounds 3] [--seed 0]
+        [--methods finite_difference exact gauss_newton] [--iters 5] [--rounds 3] [--seed 0] \\
+        [--set policy.hidden_sizes=[64,64] --set policy.activation=tanh]
 
 The measurement of ``benchmarks/maml_trpo_speed.py`` part 1 (Navigation2D at the paper's size:
 20 tasks x 20 episodes x horizon 100, Gaussian MLP 2-100-100-2 ReLU, one second-order inner
 step, ``learner_threads`` 1, one torch thread), run by one worker process per checkout (this
 one and each ``--baseline-tree``, e.g. a ``git worktree`` of an older commit: its own code on
-``PYTHONPATH``, this venv's packages), all built from the same seed. Per ``trpo.hvp`` method
+``PYTHONPATH``, this venv's packages), all built from the same seed (``--set``: config
+overrides on top of that size, the same for every checkout). Per ``trpo.hvp`` method
 the workers take turns, one meta-iteration each, the order rotating every round, so a loaded
 machine slows every checkout alike; after one warm-up iteration each, the medians of
 ``--iters`` iterations of the whole iteration and of its sampling, adaptation and TRPO. Every
@@ -50,7 +52,7 @@ PARTS = ("sample_s", "adapt_s", "trpo_s", "total_s")
 # ------------------------------------------------------------------ the worker (any checkout)
 
 
-def worker(hvp: str, seed: int, same: bool) -> None:
+def worker(hvp: str, seed: int, same: bool, overrides: list[str]) -> None:
     """Build the learner of this process's ``metarl``, then one meta-iteration per ``step``
     line on stdin, answering each with a JSON line of its timings. ``same``: every iteration
     after the first starts from the learner's state and RNGs after the first (the same work
@@ -67,7 +69,7 @@ def worker(hvp: str, seed: int, same: bool) -> None:
         from metarl.rl import MAMLTRPOLearner  # type: ignore[attr-defined,no-redef]
 
     torch.set_num_threads(1)
-    config = load_config(None, [*NAV, f"trpo.hvp={hvp}", f"seed={seed}"])
+    config = load_config(None, [*NAV, f"trpo.hvp={hvp}", f"seed={seed}", *overrides])
     rngs = Rngs.from_seed(seed)
     learner = MAMLTRPOLearner(config, rngs)
     print(json.dumps({"ready": str(Path(metarl.__file__).parent)}), flush=True)
@@ -97,12 +99,15 @@ def worker(hvp: str, seed: int, same: bool) -> None:
 class Worker:
     """A worker process on the checkout ``tree``."""
 
-    def __init__(self, name: str, tree: Path, hvp: str, seed: int, same: bool) -> None:
+    def __init__(
+        self, name: str, tree: Path, hvp: str, seed: int, same: bool, overrides: list[str]
+    ) -> None:
         self.name = name
         self.times: list[dict[str, float]] = []
         env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
         args = [sys.executable, str(Path(__file__).resolve()), "--worker", hvp, "--seed", str(seed)]
         args += [] if same else ["--successive"]
+        args += [f"--set={o}" for o in overrides]
         self.proc = subprocess.Popen(
             args, cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -133,10 +138,10 @@ class Worker:
 
 
 def compare(
-    trees: dict[str, Path], hvp: str, iters: int, seed: int, same: bool
+    trees: dict[str, Path], hvp: str, iters: int, seed: int, same: bool, overrides: list[str]
 ) -> dict[str, float]:
     """Medians per checkout for one method, iterations interleaved (order rotating)."""
-    workers = [Worker(name, tree, hvp, seed, same) for name, tree in trees.items()]
+    workers = [Worker(name, tree, hvp, seed, same, overrides) for name, tree in trees.items()]
     try:
         for i in range(iters + 1):
             shift = i % len(workers)
@@ -168,9 +173,14 @@ def main() -> None:
         "--successive", action="store_true",
         help="time successive training iterations (default: the first one, again and again)",
     )  # fmt: skip
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="a config override for every checkout, after the paper's size "
+        "(e.g. policy.hidden_sizes=[64,64] policy.activation=tanh)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.seed, same=not args.successive)
+        worker(args.worker, args.seed, same=not args.successive, overrides=args.overrides)
         return
     if not args.baseline_tree:
         parser.error("give at least one --baseline-tree (e.g. a git worktree of an old commit)")
@@ -181,7 +191,7 @@ def main() -> None:
     rounds: dict[str, list[float]] = {}
     for r in range(args.rounds):
         for hvp in args.methods:
-            got = compare(trees, hvp, args.iters, args.seed, same=not args.successive)
+            got = compare(trees, hvp, args.iters, args.seed, not args.successive, args.overrides)
             for key, value in got.items():
                 print(f"round {r}: {key:45s} {value:9.3f}", flush=True)
                 rounds.setdefault(key, []).append(value)

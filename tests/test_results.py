@@ -1,0 +1,61 @@
+"""The committed results stay usable: every checkpoint under ``results/*/runs/`` loads with the
+current code at the iteration its ``progress.csv`` ends on, and the tables quote the CSVs."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+
+import metarl
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_DIRS = sorted(p.parent for p in (ROOT / "results").glob("*/runs/*/checkpoint.pt"))
+
+
+def _last_iteration(progress: Path) -> int:
+    with progress.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows, f"{progress} has no rows"
+    return int(float(rows[-1]["iteration"]))
+
+
+def test_there_are_committed_runs() -> None:
+    assert RUN_DIRS, "no results/*/runs/*/checkpoint.pt found"
+
+
+@pytest.mark.parametrize("run_dir", RUN_DIRS, ids=lambda p: f"{p.parts[-3]}/{p.name}")
+def test_committed_checkpoint_loads_at_its_last_logged_iteration(run_dir: Path) -> None:
+    run = metarl.load_run(run_dir)
+    assert run.iteration == run.config.iterations, "a committed run is a finished run"
+    assert run.iteration == _last_iteration(run_dir / "progress.csv")
+    policy = metarl.load_policy(run)
+    task = policy.sample_tasks(1, seed=0)[0]
+    env = policy.make_env(task)
+    obs, _ = env.reset(seed=0)
+    action = policy.act(obs, deterministic=True)
+    assert env.action_space.shape == tuple(action.shape)
+
+
+def _csv_means(path: Path) -> dict[tuple[str, int], float]:
+    with path.open(newline="") as f:
+        return {(r["method"], int(r["step"])): float(r["mean_return"]) for r in csv.DictReader(f)}
+
+
+@pytest.mark.parametrize(
+    "task_dir", sorted(p.parent for p in (ROOT / "results").glob("*/runs")), ids=lambda p: p.name
+)
+def test_results_table_quotes_the_runs_own_csv(task_dir: Path) -> None:
+    """Each ``| MAML, seed N | a | b | c | d |`` row of a results README is the run's CSV."""
+    text = (task_dir / "README.md").read_text()
+    rows = re.findall(r"^\| MAML, seed (\d+) \|(.*)\|\s*$", text, flags=re.M)
+    assert rows, f"{task_dir / 'README.md'} has no 'MAML, seed N' rows"
+    for seed, cells in rows:
+        means = _csv_means(task_dir / "runs" / f"maml_seed{seed}" / "adaptation.csv")
+        quoted = [float(c.split("(")[0]) for c in cells.split("|")]
+        measured = [means[("maml", step)] for step in range(len(quoted))]
+        decimals = [len(c.split("(")[0].strip().partition(".")[2]) for c in cells.split("|")]
+        for q, m, d in zip(quoted, measured, decimals, strict=True):
+            assert q == pytest.approx(m, abs=0.5 * 10**-d + 1e-9), (seed, quoted, measured)
