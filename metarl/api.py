@@ -36,7 +36,7 @@ from metarl.rl.learners import advantages_of, make_policy, task_env
 from metarl.rl.policies import Params, Policy
 from metarl.rl.sampling import make_sampler
 from metarl.rl.sampling.envs import make_env
-from metarl.trainer import Checkpoint, Trainer, load_checkpoint
+from metarl.trainer import Checkpoint, Trainer, load_checkpoint, train_config_path
 
 __all__ = ["Run", "TrainedPolicy", "evaluate", "load_policy", "load_run", "train"]
 
@@ -72,11 +72,12 @@ def train(
     """Train a run into ``out`` (a new or empty directory; ``resume`` continues the run there).
 
     ``config``: a YAML file, a config object, or None for the built-in default (MAML-TRPO on
-    2-D navigation with the paper's protocol). ``progress``: a progress bar on a terminal,
-    plain log lines elsewhere (``logging``, level INFO); off by default.
+    2-D navigation with the paper's protocol; with ``resume``, the run's own config).
+    ``progress``: a progress bar on a terminal, plain log lines elsewhere (``logging``, level
+    INFO); off by default.
     """
     if config is None or isinstance(config, str | Path):
-        cfg = load_config(config, overrides)
+        cfg = load_config(train_config_path(config, out, resume), overrides)
     else:
         cfg = with_overrides(config, overrides)
     kind = KINDS[cfg.kind]

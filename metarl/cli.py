@@ -33,6 +33,7 @@ from metarl.trainer import (
     make_dirs,
     remove_dirs,
     stop_signals,
+    train_config_path,
 )
 
 log = logging.getLogger("metarl")
@@ -92,7 +93,11 @@ def _add_device(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def _train_parser(train: argparse.ArgumentParser) -> None:
-    train.add_argument("config", nargs="?", help="YAML config (default: the built-in one)")
+    train.add_argument(
+        "config",
+        nargs="?",
+        help="YAML config (default: the built-in one; with --resume, the run's own config.yaml)",
+    )
     train.add_argument("--out", required=True, type=Path, help="run directory")
     _add_overrides(train)
     _add_device(train, "the learner")
@@ -168,7 +173,9 @@ def _exit_code(err: KeyboardInterrupt) -> int:
 
 def cmd_train(args: argparse.Namespace) -> None:
     device = [f"device={args.device}"] if args.device else []
-    config = load_config(args.config, [*args.overrides, *device])
+    config = load_config(
+        train_config_path(args.config, args.out, args.resume), [*args.overrides, *device]
+    )
     kind = KINDS[config.kind]
     trainer = Trainer(
         config=config,

@@ -723,3 +723,14 @@ class _Window:
 
     def mean(self) -> dict[str, float]:
         return {k: v / self.count for k, v in self.sums.items()}
+
+
+def train_config_path(
+    config: str | Path | None, out: str | Path, resume: bool
+) -> str | Path | None:
+    """The config a train command starts from: the one given, else on ``--resume`` the run's
+    own ``config.yaml`` (so ``metarl train --out DIR --resume`` continues a run as it was
+    started), else None (the built-in default)."""
+    if config is None and resume and (Path(out) / CONFIG).is_file():
+        return Path(out) / CONFIG
+    return config

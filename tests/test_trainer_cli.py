@@ -78,6 +78,32 @@ def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_an_old_dir(tmp_
         _train(tmp_path / "r", 10, resume=True, extra=("inner.lr=0.5",))
 
 
+def test_resume_without_a_config_continues_the_run_with_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``metarl train --out DIR --resume`` needs neither the config file nor its --set again;
+    a config given on the command line is still compared with the run's."""
+    _train(tmp_path / "straight", 20)
+    _train(tmp_path / "broken", 10)
+    assert (
+        main(["train", "--out", str(tmp_path / "broken"), "--resume", "--set", "iterations=20"])
+        == 0
+    )
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "broken")
+    assert b.iteration == 20 and b.config == a.config
+    for k, v in a.learner["params"].items():
+        assert torch.equal(v, b.learner["params"][k])
+    assert _rows(tmp_path / "straight/progress.csv") == _rows(tmp_path / "broken/progress.csv")
+    sinusoid = str(CONFIGS / "sinusoid.yaml")
+    assert main(["train", sinusoid, "--out", str(tmp_path / "broken"), "--resume"]) == 2
+    assert "with a different config: meta_batch_size, model.hidden_sizes differ" in (
+        capsys.readouterr().err
+    )
+    # the run's config is the default only where the run is: not in a directory without one
+    assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "run directory" in capsys.readouterr().err
+
+
 def test_resume_with_a_lower_meta_lr_keeps_adams_moments_and_takes_the_new_rate(
     tmp_path: Path,
 ) -> None:
