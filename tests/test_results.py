@@ -1,5 +1,6 @@
 """The committed results stay usable: every checkpoint under ``results/*/runs/`` loads with the
-current code at the iteration its ``progress.csv`` ends on, and the tables quote the CSVs."""
+current code at the iteration its ``progress.csv`` ends on (a run still in progress is said to
+be in its folder's README, with how to continue it), and the tables quote the CSVs."""
 
 from __future__ import annotations
 
@@ -29,8 +30,11 @@ def test_there_are_committed_runs() -> None:
 @pytest.mark.parametrize("run_dir", RUN_DIRS, ids=lambda p: f"{p.parts[-3]}/{p.name}")
 def test_committed_checkpoint_loads_at_its_last_logged_iteration(run_dir: Path) -> None:
     run = metarl.load_run(run_dir)
-    assert run.iteration == run.config.iterations, "a committed run is a finished run"
     assert run.iteration == _last_iteration(run_dir / "progress.csv")
+    if run.iteration < run.config.iterations:  # in progress: the README says so and how to go on
+        readme = (run_dir.parents[1] / "README.md").read_text()
+        assert f"iteration {run.iteration} of {run.config.iterations}" in readme
+        assert f"--out runs/{run_dir.name} --resume" in readme
     policy = metarl.load_policy(run)
     task = policy.sample_tasks(1, seed=0)[0]
     env = policy.make_env(task)
