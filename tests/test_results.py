@@ -43,23 +43,35 @@ def test_committed_checkpoint_loads_at_its_last_logged_iteration(run_dir: Path) 
     assert env.action_space.shape == tuple(action.shape)
 
 
-def _csv_means(path: Path) -> dict[tuple[str, int], float]:
+def _csv_means(path: Path) -> dict[int, float]:
+    """Per step, the mean return of the run itself (the first method of its evaluation)."""
     with path.open(newline="") as f:
-        return {(r["method"], int(r["step"])): float(r["mean_return"]) for r in csv.DictReader(f)}
+        rows = list(csv.DictReader(f))
+    return {
+        int(r["step"]): float(r["mean_return"]) for r in rows if r["method"] == rows[0]["method"]
+    }
 
 
 @pytest.mark.parametrize(
     "task_dir", sorted(p.parent for p in (ROOT / "results").glob("*/runs")), ids=lambda p: p.name
 )
 def test_results_table_quotes_the_runs_own_csv(task_dir: Path) -> None:
-    """Each ``| MAML, seed N | a | b | c | d |`` row of a results README is the run's CSV."""
+    """Each table row whose label links a run (``| [MAML, seed 0](runs/maml_seed0/) | a | b |
+    ...``) quotes that run's ``adaptation.csv`` to the digits shown; every run evaluated in
+    its own directory has such a row."""
     text = (task_dir / "README.md").read_text()
-    rows = re.findall(r"^\| MAML, seed (\d+) \|(.*)\|\s*$", text, flags=re.M)
-    assert rows, f"{task_dir / 'README.md'} has no 'MAML, seed N' rows"
-    for seed, cells in rows:
-        means = _csv_means(task_dir / "runs" / f"maml_seed{seed}" / "adaptation.csv")
-        quoted = [float(c.split("(")[0]) for c in cells.split("|")]
-        measured = [means[("maml", step)] for step in range(len(quoted))]
-        decimals = [len(c.split("(")[0].strip().partition(".")[2]) for c in cells.split("|")]
-        for q, m, d in zip(quoted, measured, decimals, strict=True):
-            assert q == pytest.approx(m, abs=0.5 * 10**-d + 1e-9), (seed, quoted, measured)
+    rows = re.findall(r"^\| \[[^\]]+\]\(runs/([^)/]+)/?\) \|(.*)\|\s*$", text, flags=re.M)
+    quoted_runs = {run for run, _ in rows}
+    evaluated = {p.parent.name for p in (task_dir / "runs").glob("*/adaptation.csv")}
+    assert evaluated <= quoted_runs, f"runs without a table row: {sorted(evaluated - quoted_runs)}"
+    for run, cells in rows:
+        means = _csv_means(task_dir / "runs" / run / "adaptation.csv")
+        values = [c.split("(")[0].strip() for c in cells.split("|")]
+        for step, value in enumerate(values):
+            decimals = len(value.partition(".")[2])
+            assert float(value) == pytest.approx(means[step], abs=0.5 * 10**-decimals + 1e-9), (
+                run,
+                step,
+                values,
+                means,
+            )
