@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from metarl.config import ConfigError, RLConfig, SamplerConfig, load_config, with_overrides
-from metarl.evaluation import plot_curves, write_rows
 from metarl.experiments import KINDS, EvalOptions, EvalResult
 from metarl.rl.evaluation import adapt_step, step_lrs
 from metarl.rl.learners import advantages_of, make_policy, task_env
@@ -115,16 +114,7 @@ def evaluate(
     result = KINDS[runs[0].config.kind].evaluate(runs, options)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
-        write_rows(Path(out) / "adaptation.csv", result.rows)
-        plot_curves(
-            Path(out) / "adaptation.png",
-            result.rows,
-            metric=result.metric,
-            ylabel=result.ylabel,
-            panel_key=result.panel_key,
-            title=result.title,
-            xlabel=result.xlabel,
-        )
+        result.write(Path(out) / "adaptation.csv", Path(out) / "adaptation.png")
     return result
 
 

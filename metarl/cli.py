@@ -16,7 +16,7 @@ import torch
 
 from metarl.config import ConfigError, config_from_dict, load_config, read_yaml
 from metarl.errors import RunDirError, StepError
-from metarl.evaluation import figure_format, plot_curves, plot_learning_curves, write_rows
+from metarl.evaluation import figure_format, plot_learning_curves
 from metarl.experiments import KINDS, EvalOptions, EvalResult
 from metarl.loggers import read_progress
 from metarl.trainer import (
@@ -250,16 +250,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         result = replace(result, title=f"{result.title}, {what} (iteration {run.iteration})")
     replaced = [p for p in paths if p.exists()]
     with deferred_signals():  # both files or, if the writing fails, an error naming them
-        write_rows(paths[0], result.rows)
-        plot_curves(
-            paths[1],
-            result.rows,
-            metric=result.metric,
-            ylabel=result.ylabel,
-            panel_key=result.panel_key,
-            title=result.title,
-            xlabel=result.xlabel,
-        )
+        result.write(*paths)
     print(_table(result.rows, result.metric))
     again = " (replacing the previous evaluation's)" if replaced else ""
     log.info("wrote %s and %s%s", *paths, again)

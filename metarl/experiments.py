@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from metarl.config import ConfigError, with_overrides
+from metarl.evaluation import plot_curves, write_rows
 from metarl.rngs import Rngs
 from metarl.trainer import BestBy, Checkpoint, Learner
 
@@ -34,6 +36,19 @@ class EvalResult:
     panel_key: str | None = None
     title: str = ""
     xlabel: str = "gradient steps at test time"
+
+    def write(self, csv_path: Path, png_path: Path) -> None:
+        """The rows as CSV and the curves as a figure."""
+        write_rows(csv_path, self.rows)
+        plot_curves(
+            png_path,
+            self.rows,
+            metric=self.metric,
+            ylabel=self.ylabel,
+            panel_key=self.panel_key,
+            title=self.title,
+            xlabel=self.xlabel,
+        )
 
 
 @dataclass(frozen=True)
