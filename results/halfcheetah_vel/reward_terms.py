@@ -1,6 +1,9 @@
 """Reward terms of a HalfCheetahVel run's policy after ``--steps`` policy-gradient steps:
 per task, the forward term (-|v - goal| summed over an episode), the control cost and the mean
-velocity after the first 50 steps; then the means over tasks.
+velocity after the first 50 steps; then the means over tasks. The same episodes are also scored
+with rllab's velocity, the whole body's centre-of-mass velocity after the step (rllab's
+``get_body_comvel("torso")``: the torso's subtree is the whole cheetah), instead of v5's torso
+displacement over the step: column ``forward (com)``.
 
     python results/halfcheetah_vel/reward_terms.py results/halfcheetah_vel/runs/maml_seed0 \\
         [--steps 1] [--tasks 10] [--episodes 3]
@@ -12,10 +15,21 @@ from __future__ import annotations
 
 import argparse
 
+import mujoco
 import numpy as np
 import torch
 
 import metarl
+
+
+def com_velocity(env: object, scratch: mujoco.MjData) -> float:
+    """x velocity of the whole body's centre of mass in the env's current state."""
+    sim = env.unwrapped  # type: ignore[attr-defined]
+    scratch.qpos[:] = sim.data.qpos
+    scratch.qvel[:] = sim.data.qvel
+    mujoco.mj_forward(sim.model, scratch)
+    mujoco.mj_subtreeVel(sim.model, scratch)
+    return float(scratch.subtree_linvel[1][0])  # body 1 is the torso, root of the cheetah
 
 
 def main() -> None:
@@ -27,11 +41,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     policy = metarl.load_policy(args.run)
-    forward, ctrl = [], []
+    forward, forward_com, ctrl = [], [], []
     for i, task in enumerate(policy.sample_tasks(args.tasks, seed=123)):
         adapted = policy.adapt(task, steps=args.steps, seed=i) if args.steps else policy
         env = adapted.make_env(task)
-        f = c = 0.0
+        scratch = mujoco.MjData(env.unwrapped.model)  # type: ignore[attr-defined]
+        f = fc = c = 0.0
         velocities = []
         for ep in range(args.episodes):
             obs, _ = env.reset(seed=100 * i + ep)
@@ -40,19 +55,24 @@ def main() -> None:
                 obs, _, terminated, truncated, info = env.step(action)
                 f += info["reward_forward"] / args.episodes
                 c += info["reward_ctrl"] / args.episodes
+                fc -= abs(com_velocity(env, scratch) - task.velocity) / args.episodes
                 if t >= 50:
                     velocities.append(info["x_velocity"])
                 if terminated or truncated:
                     break
         forward.append(f)
+        forward_com.append(fc)
         ctrl.append(c)
         print(
-            f"goal {task.velocity:.2f}: forward {f:7.1f}  control {c:6.1f}  "
+            f"goal {task.velocity:.2f}: forward {f:7.1f}  forward (com) {fc:7.1f}  "
+            f"control {c:6.1f}  "
             f"mean velocity after step 50 {np.mean(velocities):.2f}"
         )
     print(
         f"mean over tasks: forward {np.mean(forward):.1f}, control {np.mean(ctrl):.1f}, "
-        f"total {np.mean(forward) + np.mean(ctrl):.1f}"
+        f"total {np.mean(forward) + np.mean(ctrl):.1f}; "
+        f"forward (com) {np.mean(forward_com):.1f}, total (com) "
+        f"{np.mean(forward_com) + np.mean(ctrl):.1f}"
     )
 
 
