@@ -24,7 +24,8 @@ import metarl
 
 def com_velocity(env: object, scratch: mujoco.MjData) -> float:
     """x velocity of the whole body's centre of mass in the env's current state."""
-    sim = env.unwrapped  # type: ignore[attr-defined]
+    # an oracle run's env wraps the task env (metarl.rl.sampling.oracle.OracleEnv, not a Wrapper)
+    sim = getattr(env, "_base", None) or env.unwrapped  # type: ignore[attr-defined]
     scratch.qpos[:] = sim.data.qpos
     scratch.qvel[:] = sim.data.qvel
     mujoco.mj_forward(sim.model, scratch)
@@ -45,7 +46,7 @@ def main() -> None:
     for i, task in enumerate(policy.sample_tasks(args.tasks, seed=123)):
         adapted = policy.adapt(task, steps=args.steps, seed=i) if args.steps else policy
         env = adapted.make_env(task)
-        scratch = mujoco.MjData(env.unwrapped.model)  # type: ignore[attr-defined]
+        scratch = mujoco.MjData(getattr(env, "_base", env.unwrapped).model)
         f = fc = c = 0.0
         velocities = []
         for ep in range(args.episodes):
