@@ -68,6 +68,8 @@ def test_results_table_quotes_the_runs_own_csv(task_dir: Path) -> None:
         means = _csv_means(task_dir / "runs" / run / "adaptation.csv")
         values = [c.split("(")[0].strip() for c in cells.split("|")]
         for step, value in enumerate(values):
+            if not value:  # a step the method has no figure for (an oracle does not adapt)
+                continue
             decimals = len(value.partition(".")[2])
             assert float(value) == pytest.approx(means[step], abs=0.5 * 10**-decimals + 1e-9), (
                 run,

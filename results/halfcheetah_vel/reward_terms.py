@@ -6,7 +6,10 @@ with rllab's velocity, the whole body's centre-of-mass velocity after the step (
 displacement over the step: column ``forward (com)``.
 
     python results/halfcheetah_vel/reward_terms.py results/halfcheetah_vel/runs/maml_seed0 \\
-        [--steps 1] [--tasks 10] [--episodes 3]
+        [--steps 1] [--tasks 10] [--episodes 3] [--goals LOW HIGH]
+
+(``--goals``: goal velocities drawn from U[LOW, HIGH] instead of the env's U[0, 2]; the
+paper's test script names U[0.1, 0.8] its pre-ICML range.)
 
 (for ``paper_dt.py`` runs, run it from the repository root: the env file is named relative to
 it.)"""
@@ -18,6 +21,7 @@ import argparse
 import mujoco
 import numpy as np
 import torch
+from metarl.envs.tasks import VelocityTask
 
 import metarl
 
@@ -39,11 +43,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--tasks", type=int, default=10)
     parser.add_argument("--episodes", type=int, default=3)
+    parser.add_argument("--goals", type=float, nargs=2, metavar=("LOW", "HIGH"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     policy = metarl.load_policy(args.run)
     forward, forward_com, ctrl = [], [], []
-    for i, task in enumerate(policy.sample_tasks(args.tasks, seed=123)):
+    tasks = policy.sample_tasks(args.tasks, seed=123)
+    if args.goals:
+        low, high = args.goals
+        goals = np.random.default_rng(123).uniform(low, high, size=args.tasks)
+        tasks = [VelocityTask(float(g)) for g in goals]
+    for i, task in enumerate(tasks):
         adapted = policy.adapt(task, steps=args.steps, seed=i) if args.steps else policy
         env = adapted.make_env(task)
         scratch = mujoco.MjData(getattr(env, "_base", env.unwrapped).model)
