@@ -19,7 +19,13 @@ from metarl.config import ConfigError, RLConfig
 from metarl.devices import cpu_copy, resolve_device, synchronize, to_cpu, to_device
 from metarl.rl.episodes import EpisodeBatch, episode_columns
 from metarl.rl.losses import compute_advantages, masked_mean, surrogate_loss
-from metarl.rl.maml_trpo import MetaBatch, adapt_meta_batch, curvature_episodes, meta_trpo_step
+from metarl.rl.maml_trpo import (
+    MetaBatch,
+    TaskAdaptation,
+    adapt_meta_batch,
+    curvature_episodes,
+    meta_trpo_step,
+)
 from metarl.rl.policies import (
     CategoricalHead,
     GaussianHead,
@@ -244,7 +250,11 @@ class MAMLTRPOLearner(PolicyLearner):
         super().__init__(config, rngs)
         self.inner = config.inner
 
-    def step(self, rngs: Rngs) -> dict[str, float]:
+    def meta_batch(self, rngs: Rngs) -> tuple[MetaBatch, TaskAdaptation, dict[str, float]]:
+        """A meta-batch at the current weights: fresh tasks, their train episodes, the inner
+        steps on them, the valid episodes of the adapted policies, the advantages of both;
+        with the wall seconds spent sampling (``time/sample_s``) and adapting
+        (``time/adapt_s``)."""
         clock = time.perf_counter()
         tasks = self.tasks.sample_tasks(self.config.meta_batch_size, rngs.numpy)
         seeds = rngs.numpy.integers(0, 2**31 - 1, size=2)
@@ -266,17 +276,22 @@ class MAMLTRPOLearner(PolicyLearner):
             valid_advantages=self.advantages(valid),
             inner=self.inner,
         )
+        t_adapt += self._seconds_since(clock)
+        return batch, adaptation, {"time/sample_s": t_sample, "time/adapt_s": t_adapt}
+
+    def step(self, rngs: Rngs) -> dict[str, float]:
+        batch, adaptation, seconds = self.meta_batch(rngs)
+        clock = time.perf_counter()
         with torch_threads(self.config.learner_threads):
             self.params, trpo_stats = meta_trpo_step(
                 self.policy, self.params, batch, self.config.trpo, adaptation=adaptation
             )
         t_trpo = self._seconds_since(clock)
         return {
-            "pre_adapt_return": float(train.returns.mean()),
-            "post_adapt_return": float(valid.returns.mean()),
+            "pre_adapt_return": float(batch.train.returns.mean()),
+            "post_adapt_return": float(batch.valid.returns.mean()),
             **{f"trpo/{k}": v for k, v in trpo_stats.as_dict().items()},
-            "time/sample_s": t_sample,
-            "time/adapt_s": t_adapt,
+            **seconds,
             "time/trpo_s": t_trpo,
         }
 

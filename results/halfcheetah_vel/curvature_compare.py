@@ -20,7 +20,7 @@ import torch
 
 import metarl
 from metarl.rl.learners import MAMLTRPOLearner, torch_threads
-from metarl.rl.maml_trpo import MetaBatch, adapt_meta_batch, meta_trpo_step
+from metarl.rl.maml_trpo import meta_trpo_step
 from metarl.rl.trpo import flatten_params
 from metarl.rngs import Rngs
 
@@ -51,21 +51,9 @@ def main() -> None:
     at = "initial weights" if args.init else f"iteration {run.iteration}"
     print(f"{args.run} at {at}: |theta| = {float(flat_theta.norm()):.2f}")
     for b in range(args.batches):
-        tasks = learner.tasks.sample_tasks(config.meta_batch_size, rngs.numpy)
-        seeds = rngs.numpy.integers(0, 2**31 - 1, size=2)
-        train = learner.sample(theta, tasks, rngs, int(seeds[0]))
-        train_adv = learner.advantages(train)
-        adaptation = adapt_meta_batch(learner.policy, theta, train, train_adv, config.inner)
-        valid = learner.sample(adaptation.params, tasks, rngs, int(seeds[1]), per_task=True)
-        batch = MetaBatch(
-            train=train,
-            train_advantages=train_adv,
-            valid=valid,
-            valid_advantages=learner.advantages(valid),
-            inner=config.inner,
-        )
+        batch, adaptation, _ = learner.meta_batch(rngs)
         steps = {}
-        print(f"batch {b}: post-update return {float(valid.returns.mean()):.1f}")
+        print(f"batch {b}: post-update return {float(batch.valid.returns.mean()):.1f}")
         for method in METHODS:
             trpo = dataclasses.replace(config.trpo, hvp=method)
             with torch_threads(1):
