@@ -67,6 +67,7 @@ def test_results_table_quotes_the_runs_own_csv(task_dir: Path) -> None:
     for run, cells in rows:
         means = _csv_means(task_dir / "runs" / run / "adaptation.csv")
         values = [c.split("(")[0].strip() for c in cells.split("|")]
+        assert any(values), f"the row of {run} quotes no figure"
         for step, value in enumerate(values):
             if not value:  # a step the method has no figure for (an oracle does not adapt)
                 continue

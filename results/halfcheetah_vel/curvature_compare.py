@@ -5,10 +5,9 @@ fraction, norm, KL and surrogate improvement, and the cosine between the steps.
 
     python results/halfcheetah_vel/curvature_compare.py RUN [--batches 3] [--seed 0] [--init]
 
-(``--init``: at the run's initial weights, those of its seed, instead of its last checkpoint.)
-
-(run it from the repository root for ``paper_dt.py`` runs: their env file is named relative
-to it). Cost: one meta-iteration's sampling and three TRPO steps per batch.
+``--init`` takes the step at the run's initial weights (those of its seed) instead of its last
+checkpoint. Run it from the repository root for ``paper_dt.py`` runs (their env file is named
+relative to it). Cost: one meta-iteration's sampling and three TRPO steps per batch.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ it.)"""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import mujoco
 import numpy as np
@@ -26,10 +27,14 @@ from metarl.envs.tasks import VelocityTask
 import metarl
 
 
-def com_velocity(env: object, scratch: mujoco.MjData) -> float:
-    """x velocity of the whole body's centre of mass in the env's current state."""
-    # an oracle run's env wraps the task env (metarl.rl.sampling.oracle.OracleEnv, not a Wrapper)
-    sim = getattr(env, "_base", None) or env.unwrapped  # type: ignore[attr-defined]
+def simulation(env: Any) -> Any:
+    """The MuJoCo env under ``env``'s wrappers (an oracle run's ``OracleEnv`` holds it as
+    ``env.env``, Gymnasium's wrappers as ``unwrapped``)."""
+    return getattr(env, "env", env).unwrapped
+
+
+def com_velocity(sim: Any, scratch: mujoco.MjData) -> float:
+    """x velocity of the whole body's centre of mass in ``sim``'s current state."""
     scratch.qpos[:] = sim.data.qpos
     scratch.qvel[:] = sim.data.qvel
     mujoco.mj_forward(sim.model, scratch)
@@ -56,7 +61,8 @@ def main() -> None:
     for i, task in enumerate(tasks):
         adapted = policy.adapt(task, steps=args.steps, seed=i) if args.steps else policy
         env = adapted.make_env(task)
-        scratch = mujoco.MjData(getattr(env, "_base", env.unwrapped).model)
+        sim = simulation(env)
+        scratch = mujoco.MjData(sim.model)
         f = fc = c = 0.0
         velocities = []
         for ep in range(args.episodes):
@@ -66,7 +72,7 @@ def main() -> None:
                 obs, _, terminated, truncated, info = env.step(action)
                 f += info["reward_forward"] / args.episodes
                 c += info["reward_ctrl"] / args.episodes
-                fc -= abs(com_velocity(env, scratch) - task.velocity) / args.episodes
+                fc -= abs(com_velocity(sim, scratch) - task.velocity) / args.episodes
                 if t >= 50:
                     velocities.append(info["x_velocity"])
                 if terminated or truncated:
