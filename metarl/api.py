@@ -144,7 +144,10 @@ class TrainedPolicy:
         task in the observation for an oracle; set to ``task`` when given."""
         c = self.config
         env = make_env(
-            c.env.id, oracle=c.method == "oracle", normalize_actions=c.env.normalize_actions
+            c.env.id,
+            env_kwargs=c.env.kwargs,
+            oracle=c.method == "oracle",
+            normalize_actions=c.env.normalize_actions,
         )
         if task is not None:
             task_env(env, c.env.id).set_task(task)
@@ -215,6 +218,7 @@ class TrainedPolicy:
         return make_sampler(
             SamplerConfig(backend="local"),
             env_id=c.env.id,
+            env_kwargs=c.env.kwargs,
             num_tasks=1,
             episodes_per_task=episodes or c.eval.episodes_per_task,
             horizon=c.env.horizon,

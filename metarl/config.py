@@ -170,6 +170,11 @@ class EnvConfig:
     directory or absolute, is imported first; worker processes and Ray actors import it again
     by that path) or ``module:mine/Id-v0`` (the module is imported from the Python path, which
     the ``metarl`` command extends by the working directory)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the env's constructor, ``gymnasium.make(id, **kwargs)``, given
+    alike to single envs and to the env's batched vector env, in every sampler backend: e.g.
+    ``{frame_skip: 2}`` steps the MuJoCo envs at the paper's 0.02 s (Ant) instead of 0.05 s.
+    ``max_episode_steps`` is ``horizon``; ``task``/``tasks`` come from the task distribution."""
     horizon: int = bounded(100, ge=1)
     """Maximum steps per episode (episodes also end at the env's own time limit)."""
     normalize_actions: bool = True

@@ -100,20 +100,30 @@ def _sinusoid_evaluate(runs: Sequence[Checkpoint], options: EvalOptions) -> Eval
 
 
 def _check_env(config: Any) -> None:
-    """An unknown env id, or an env that does not follow the task protocol, is an error of
-    the config key 'env.id' (named), not a traceback from the sampler mid-run."""
-    from metarl.rl.sampling.envs import make_env, resolve_env_id
+    """An unknown env id, an env that does not follow the task protocol, or constructor
+    arguments it does not take are errors of the config key 'env.id' or 'env.kwargs' (named),
+    not a traceback from the sampler mid-run."""
+    from metarl.rl.sampling.envs import check_env_kwargs, make_env, make_vector_env, resolve_env_id
     from metarl.tasks import TaskEnvError, check_task_protocol
 
     try:
         resolve_env_id(config.env.id)
     except ValueError as err:
         raise ConfigError(f"config key 'env.id': {err}") from None
+    kwargs = config.env.kwargs
     try:
-        env = make_env(config.env.id)
-    except Exception as err:  # a user's env whose constructor fails
+        check_env_kwargs(kwargs)
+    except ValueError as err:
+        raise ConfigError(f"config key 'env.kwargs': {err}") from None
+    key, given = ("env.kwargs", f" with {kwargs}") if kwargs else ("env.id", "")
+    try:
+        if kwargs:  # the batched vector env (when the env has one) must take them too
+            make_vector_env(config.env.id, 1, env_kwargs=kwargs).close()
+        env = make_env(config.env.id, env_kwargs=kwargs)
+    except Exception as err:  # a user's env whose constructor fails, or an unknown keyword
         raise ConfigError(
-            f"config key 'env.id': making {config.env.id!r} raised {type(err).__name__}: {err}"
+            f"config key '{key}': making {config.env.id!r}{given} raised "
+            f"{type(err).__name__}: {err}"
         ) from None
     try:
         check_task_protocol(env)

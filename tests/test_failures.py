@@ -332,8 +332,18 @@ gym.register("metarl_failures/Unreproducible-v0", entry_point=_UnreproducibleEnv
             [*RL, *_sets(**{"sampler.backend": "ray", "sampler.num_workers": 3})],
             "config key 'sampler.num_workers': 3 Ray workers for 2 tasks (meta_batch_size)",
         ),
+        (
+            [*RL, "--set", "env.kwargs.frmae_skip=2"],
+            "config key 'env.kwargs': making 'metarl/Navigation2D-v0' with {'frmae_skip': 2} "
+            "raised TypeError: ",
+        ),
+        (
+            [*RL, "--set", "env.kwargs.max_episode_steps=5"],
+            "config key 'env.kwargs': env kwargs: 'max_episode_steps' cannot be set here: the "
+            "episode length is env.horizon",
+        ),
     ],
-    ids=["yaml", "no-sample-tasks", "unreproducible", "processes", "ray"],
+    ids=["yaml", "no-sample-tasks", "unreproducible", "processes", "ray", "kwarg", "reserved"],
 )
 def test_a_bad_config_is_one_line_and_leaves_no_run_directory(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str

@@ -17,6 +17,7 @@ from metarl.rl.baselines import fit_linear_baseline
 from metarl.rl.episodes import EpisodeBatch, discounted_returns
 from metarl.rl.losses import compute_advantages
 from metarl.rl.policies import GaussianMLPPolicy
+from metarl.rl.sampling.envs import make_env
 from metarl.rl.sampling.local import Sampler
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
@@ -119,6 +120,14 @@ def test_paper_configs_hold_the_papers_values(name: str) -> None:
     assert (t.backtrack_ratio, t.max_backtracks, t.fd_base_eps) == (0.8, 15, 1.0)
     e = c.eval
     assert (e.num_tasks, e.episodes_per_task, e.max_steps, e.lr) == (40, eval_eps, 3, eval_lr)
+    env = make_env(c.env.id, env_kwargs=c.env.kwargs)
+    assert env.unwrapped.dt == pytest.approx(PAPER_DT.get(name, 0.05))  # type: ignore[attr-defined]
+
+
+# Seconds per env step where a config sets the paper's (rllab's ant: 0.02 s); the half-cheetah
+# configs keep v5's 0.05 s (the paper's 0.01 s is env.kwargs.frame_skip=1, see
+# results/halfcheetah_vel/README.md).
+PAPER_DT = {"ant_vel.yaml": 0.02, "ant_dir.yaml": 0.02, "ant_goal.yaml": 0.02}
 
 
 @pytest.mark.parametrize("task", sorted(BASELINE_EVAL_LR))

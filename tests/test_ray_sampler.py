@@ -138,12 +138,18 @@ def test_ray_actors_act_on_the_meta_batch_shape(cluster: Cluster) -> None:
             assert_same(got, _local(env_id, per_task=per_task, cls=cls))
 
 
-def test_ray_mujoco_batches_equal_local_batches(cluster: Cluster) -> None:
+@pytest.mark.parametrize("env_kwargs", [{}, {"frame_skip": 2}], ids=["v5", "frame_skip=2"])
+def test_ray_mujoco_batches_equal_local_batches(
+    cluster: Cluster, env_kwargs: dict[str, Any]
+) -> None:
+    """Also with constructor arguments (``env.kwargs``), which the actors' envs must get."""
     env_id = "metarl/HalfCheetahVel-v0"
     policy = GaussianMLPPolicy(obs_dim=17, act_dim=6, hidden_sizes=(16,))
     params = policy.init_params(torch.Generator().manual_seed(0))
     tasks = _tasks(env_id, 3)
-    kw: dict[str, Any] = {"num_tasks": 3, "episodes_per_task": 2, "horizon": 25}
+    kw: dict[str, Any] = {
+        "num_tasks": 3, "episodes_per_task": 2, "horizon": 25, "env_kwargs": env_kwargs
+    }  # fmt: skip
     with Sampler(env_id=env_id, **kw) as local, RaySampler(env_id=env_id, **kw) as remote:
         a, b = (
             s.sample(policy, params, tasks, generator=torch.Generator().manual_seed(2), seed=4)

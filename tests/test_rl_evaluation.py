@@ -1,6 +1,7 @@
 """Adaptation curves of RL runs: files, reproducibility, held-out tasks, baselines, errors."""
 
 import csv
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -183,6 +184,19 @@ def test_bad_runs_and_ids_are_clear_errors(
     assert main(["evaluate", str(tmp_path / "broken")]) == 2
     assert "corrupt or not a metarl checkpoint" in capsys.readouterr().err
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_runs_on_differently_made_envs_are_not_compared() -> None:
+    """Runs whose envs were made with other constructor arguments (``env.kwargs``, e.g. another
+    time step) do not face the same tasks: comparing them is a clear error."""
+    sets = ["env.id=metarl/HalfCheetahVel-v0", "env.horizon=5", "policy.hidden_sizes=[4]"]
+    sets += ["eval.num_tasks=2", "eval.episodes_per_task=1", "eval.max_steps=0"]
+    v5 = load_config(None, ["kind=rl", *sets])
+    paper = load_config(None, ["kind=rl", *sets, "env.kwargs.frame_skip=1"])
+    params = make_rl_learner(v5, Rngs.from_seed(0)).weights()
+    message = "made with different env.kwargs: {'frame_skip': 1} and {}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        evaluate_rl([(v5, params), (paper, params)], v5.eval)
 
 
 @pytest.mark.parametrize("env_id", envs.ENV_IDS)

@@ -207,6 +207,50 @@ def test_batched_half_cheetah_sampler_equals_single_envs(backend: str) -> None:
         assert torch.equal(getattr(batched, name), getattr(single_envs, name)), name
 
 
+def test_env_kwargs_reach_every_kind_of_vector_env() -> None:
+    """``env_kwargs`` (config ``env.kwargs``) go to the batched env, to its shards on worker
+    processes and to single envs alike: frame_skip 2 gives the same episodes in all three,
+    and other episodes than v5's frame_skip 5."""
+    from metarl.rl.sampling.processes import SerialVectorEnv
+
+    env_id, kwargs = "metarl/HalfCheetahVel-v0", {"frame_skip": 2}
+    assert make_env(env_id, env_kwargs=kwargs).unwrapped.dt == pytest.approx(0.02)
+    policy, params = _policy(17, 6)
+    tasks = make_env(env_id).unwrapped.sample_tasks(2, np.random.default_rng(1))
+    kw = {"env_id": env_id, "num_tasks": 2, "episodes_per_task": 2, "horizon": 10}
+    batches = {}
+    for name, backend, given in [
+        ("batched", "local", kwargs),
+        ("shards", "processes", kwargs),
+        ("single", "local", kwargs),
+        ("v5", "local", {}),
+    ]:
+        with Sampler(**kw, env_kwargs=given, backend=backend, num_workers=2) as sampler:
+            if name == "single":
+                sampler.envs.close()
+                sampler.envs = SerialVectorEnv([lambda: gym.make(env_id, frame_skip=2)] * 4)
+            batches[name] = sampler.sample(
+                policy, params, tasks, seed=5, generator=torch.Generator().manual_seed(0)
+            )
+    for name in ("shards", "single"):
+        assert torch.equal(batches[name].observations, batches["batched"].observations), name
+        assert torch.equal(batches[name].rewards, batches["batched"].rewards), name
+    assert not torch.equal(batches["v5"].observations, batches["batched"].observations)
+
+
+def test_reserved_env_kwargs_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="'max_episode_steps' cannot be set here: the episode"):
+        make_env("metarl/Navigation2D-v0", env_kwargs={"max_episode_steps": 5})
+    with pytest.raises(ValueError, match="'tasks' cannot be set here: tasks come from"):
+        Sampler(
+            env_id="metarl/Navigation2D-v0",
+            env_kwargs={"tasks": []},
+            num_tasks=1,
+            episodes_per_task=1,
+            horizon=5,
+        )
+
+
 def test_unknown_env_ids_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="unknown env id 'metarl/Nope-v0'; registered task envs"):
         resolve_env_id("metarl/Nope-v0")

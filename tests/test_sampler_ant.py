@@ -65,3 +65,27 @@ def test_batched_ant_sampler_equals_single_envs(env_id: str, backend: str) -> No
         assert torch.equal(getattr(batched, name), getattr(single_envs, name)), name
     assert bool(batched.terminated.any()) and bool(batched.truncated.any())
     assert int(batched.lengths.min()) < 60
+
+
+def test_the_paper_time_step_registration_equals_the_configs_env_kwargs() -> None:
+    """The committed AntVel runs name ``results/ant_vel/paper_dt.py:paperdt/AntVel-v0``; the
+    Ant configs give ``metarl/AntVel-v0`` ``env.kwargs: {frame_skip: 2}``: the same episodes."""
+    from pathlib import Path
+
+    paper_dt = Path(__file__).resolve().parents[1] / "results" / "ant_vel" / "paper_dt.py"
+    policy = GaussianMLPPolicy(obs_dim=105, act_dim=8, hidden_sizes=(16,), init_log_std=1.0)
+    params = policy.init_params(torch.Generator().manual_seed(0))
+    tasks = make_env("metarl/AntVel-v0").unwrapped.sample_tasks(2, np.random.default_rng(1))
+    kw = {"num_tasks": 2, "episodes_per_task": 2, "horizon": 40}
+    batches = []
+    for env_id, env_kwargs in [
+        (f"{paper_dt}:paperdt/AntVel-v0", {}),
+        ("metarl/AntVel-v0", {"frame_skip": 2}),
+    ]:
+        with Sampler(env_id=env_id, env_kwargs=env_kwargs, **kw) as sampler:
+            assert sampler.envs.unwrapped.dt == pytest.approx(0.02)  # type: ignore[attr-defined]
+            batches.append(
+                sampler.sample(policy, params, tasks, seed=3, generator=torch.Generator())
+            )
+    for name in FIELDS:
+        assert torch.equal(getattr(batches[0], name), getattr(batches[1], name)), name

@@ -64,6 +64,7 @@ def adaptation_returns(
     """
     env = make_env(
         config.env.id,
+        env_kwargs=config.env.kwargs,
         oracle=config.method == "oracle",
         normalize_actions=config.env.normalize_actions,
     )
@@ -95,7 +96,7 @@ def evaluate_rl(
     ``eval.lr`` (the paper's test scripts used a rate per method). An ``oracle`` run is scored
     without adaptation (step 0 only: the paper's horizontal line)."""
     base = runs[0][0]
-    env = make_env(base.env.id)
+    env = make_env(base.env.id, env_kwargs=base.env.kwargs)
     tasks = task_env(env, base.env.id).sample_tasks(eval_cfg.num_tasks, eval_rng(eval_cfg.seed))
     rows: list[dict[str, Any]] = []
     samplers: dict[tuple[bool, bool], EpisodeSampler] = {}
@@ -103,11 +104,17 @@ def evaluate_rl(
         for config, params in runs:
             if config.env.id != base.env.id:
                 raise ValueError(f"cannot compare runs on {config.env.id!r} and {base.env.id!r}")
+            if config.env.kwargs != base.env.kwargs:
+                raise ValueError(
+                    f"cannot compare runs on {base.env.id!r} made with different env.kwargs: "
+                    f"{config.env.kwargs} and {base.env.kwargs}"
+                )
             oracle = config.method == "oracle"
             key = (oracle, config.env.normalize_actions)
             if key not in samplers:
                 samplers[key] = make_sampler(
-                    base.sampler, env_id=base.env.id, num_tasks=eval_cfg.num_tasks,
+                    base.sampler, env_id=base.env.id, env_kwargs=base.env.kwargs,
+                    num_tasks=eval_cfg.num_tasks,
                     episodes_per_task=eval_cfg.episodes_per_task, horizon=base.env.horizon,
                     oracle=oracle, normalize_actions=config.env.normalize_actions,
                 )  # fmt: skip

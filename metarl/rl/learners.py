@@ -140,7 +140,10 @@ class PolicyLearner:
         self.device = resolve_device(config.device)
         oracle = config.method == "oracle"
         self._env = make_env(
-            config.env.id, oracle=oracle, normalize_actions=config.env.normalize_actions
+            config.env.id,
+            env_kwargs=config.env.kwargs,
+            oracle=oracle,
+            normalize_actions=config.env.normalize_actions,
         )
         self.tasks = task_env(self._env, config.env.id)
         self.policy, self._acting = device_policies(config, self._env)
@@ -148,6 +151,7 @@ class PolicyLearner:
         self.sampler = make_sampler(
             config.sampler,
             env_id=config.env.id,
+            env_kwargs=config.env.kwargs,
             num_tasks=config.meta_batch_size,
             episodes_per_task=config.episodes_per_task,
             horizon=config.env.horizon,

@@ -13,6 +13,9 @@ same episodes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from metarl.config import SamplerConfig
 from metarl.rl.sampling.base import EpisodeSampler, RolloutDraws
 from metarl.rl.sampling.local import Sampler
@@ -24,6 +27,7 @@ def make_sampler(
     config: SamplerConfig,
     *,
     env_id: str,
+    env_kwargs: Mapping[str, Any] | None = None,
     num_tasks: int,
     episodes_per_task: int,
     horizon: int,
@@ -36,6 +40,7 @@ def make_sampler(
 
         return RaySampler(
             env_id=env_id,
+            env_kwargs=env_kwargs,
             num_tasks=num_tasks,
             episodes_per_task=episodes_per_task,
             horizon=horizon,
@@ -48,6 +53,7 @@ def make_sampler(
         )
     return Sampler(
         env_id=env_id,
+        env_kwargs=env_kwargs,
         num_tasks=num_tasks,
         episodes_per_task=episodes_per_task,
         horizon=horizon,

@@ -11,6 +11,7 @@ import importlib.util
 import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,14 +93,46 @@ def _import_env_file(path_text: str) -> None:
         raise
 
 
+RESERVED_ENV_KWARGS = {
+    "max_episode_steps": "the episode length is env.horizon",
+    "disable_env_checker": "it is an argument of gymnasium.make, not of the env",
+    "num_envs": "the sampler sets the number of sub-envs",
+    "vectorization_mode": "the sampler picks the vector env",
+    "vector_kwargs": "it is an argument of gymnasium.make_vec, not of the env",
+    "wrappers": "it is an argument of gymnasium.make_vec, not of the env",
+    "task": "tasks come from the env's task distribution",
+    "tasks": "tasks come from the env's task distribution",
+}
+"""Keywords a task env's ``env_kwargs`` may not set, and why."""
+
+
+def check_env_kwargs(env_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``env_kwargs`` as a new dict; a reserved keyword (:data:`RESERVED_ENV_KWARGS`) is a
+    ``ValueError`` that says why."""
+    out = dict(env_kwargs or {})
+    for name in out:
+        if not isinstance(name, str):
+            raise ValueError(f"env kwargs: keyword {name!r} is not a string")
+        if name in RESERVED_ENV_KWARGS:
+            raise ValueError(
+                f"env kwargs: {name!r} cannot be set here: {RESERVED_ENV_KWARGS[name]}"
+            )
+    return out
+
+
 def make_env(
-    env_id: str, *, oracle: bool = False, normalize_actions: bool = False
+    env_id: str,
+    *,
+    env_kwargs: Mapping[str, Any] | None = None,
+    oracle: bool = False,
+    normalize_actions: bool = False,
 ) -> gym.Env[Any, Any]:
-    """``gymnasium.make`` of a task env id (see :func:`resolve_env_id`); ``normalize_actions``
-    makes it act in [-1, 1] (:func:`metarl.rl.sampling.normalize.normalize_actions`);
-    ``oracle`` wraps it in :class:`metarl.rl.sampling.oracle.OracleEnv` (the task is appended
-    to the observation)."""
-    env = gym.make(resolve_env_id(env_id))
+    """``gymnasium.make`` of a task env id (see :func:`resolve_env_id`) with ``env_kwargs``
+    for the env's constructor (e.g. ``{"frame_skip": 2}``); ``normalize_actions`` makes it act
+    in [-1, 1] (:func:`metarl.rl.sampling.normalize.normalize_actions`); ``oracle`` wraps it
+    in :class:`metarl.rl.sampling.oracle.OracleEnv` (the task is appended to the
+    observation)."""
+    env = gym.make(resolve_env_id(env_id), **check_env_kwargs(env_kwargs))
     if normalize_actions:
         env = normalized(env)
     return OracleEnv(env) if oracle else env
@@ -109,6 +142,7 @@ def make_vector_env(
     env_id: str,
     num_envs: int,
     *,
+    env_kwargs: Mapping[str, Any] | None = None,
     backend: Backend = "local",
     num_workers: int = 2,
     oracle: bool = False,
@@ -120,15 +154,20 @@ def make_vector_env(
     :class:`SerialVectorEnv` of single envs; in this process (``local``) or split into
     contiguous shards stepped by ``num_workers`` processes (``processes``,
     :class:`ShardedVectorEnv`, whose calls wait at most ``worker_timeout_s`` for a worker).
+    ``env_kwargs`` go to every sub-env's constructor, or to the batched vector env's.
     ``normalize_actions``: the whole vector env acts in [-1, 1] per sub-env
     (:func:`metarl.rl.sampling.normalize.normalize_vector_actions`, the single envs' map)."""
     env_id = resolve_env_id(env_id)
+    kwargs = check_env_kwargs(env_kwargs)
     make_shard: ShardFn
     if gym.spec(env_id).vector_entry_point is not None and not oracle:
-        make_shard = functools.partial(_native_shard, env_id)
+        make_shard = functools.partial(_native_shard, env_id, kwargs)
     else:
         make_shard = serial_shards(
-            [functools.partial(make_env, env_id, oracle=oracle) for _ in range(num_envs)]
+            [
+                functools.partial(make_env, env_id, env_kwargs=kwargs, oracle=oracle)
+                for _ in range(num_envs)
+            ]
         )
     envs: gym.vector.VectorEnv[Any, Any, Any]
     if backend == "processes":
@@ -140,6 +179,10 @@ def make_vector_env(
     return normalize_vector_actions(envs) if normalize_actions else envs
 
 
-def _native_shard(env_id: str, start: int, stop: int) -> gym.vector.VectorEnv[Any, Any, Any]:
+def _native_shard(
+    env_id: str, env_kwargs: Mapping[str, Any], start: int, stop: int
+) -> gym.vector.VectorEnv[Any, Any, Any]:
     """The env's own batched vector env over ``stop - start`` sub-envs."""
-    return gym.make_vec(env_id, num_envs=stop - start, vectorization_mode="vector_entry_point")
+    return gym.make_vec(
+        env_id, num_envs=stop - start, vectorization_mode="vector_entry_point", **env_kwargs
+    )

@@ -4,7 +4,7 @@ policy in this process (:class:`Sampler`); worker processes, if any, only step e
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,7 @@ class Sampler(EpisodeSampler):
         self,
         *,
         env_id: str,
+        env_kwargs: Mapping[str, Any] | None = None,
         num_tasks: int,
         episodes_per_task: int,
         horizon: int,
@@ -101,6 +102,7 @@ class Sampler(EpisodeSampler):
         self.envs = make_vector_env(
             env_id,
             self.num_envs,
+            env_kwargs=env_kwargs,
             backend=backend,
             num_workers=num_workers,
             oracle=oracle,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -54,6 +54,7 @@ class RolloutWorker:
         self,
         *,
         env_id: str,
+        env_kwargs: Mapping[str, Any] | None = None,
         num_tasks: int,
         episodes_per_task: int,
         horizon: int,
@@ -66,6 +67,7 @@ class RolloutWorker:
         torch.set_num_threads(1)
         self.sampler = Sampler(
             env_id=env_id,
+            env_kwargs=env_kwargs,
             num_tasks=num_tasks,
             episodes_per_task=episodes_per_task,
             horizon=horizon,
@@ -123,6 +125,7 @@ class RaySampler(EpisodeSampler):
         self,
         *,
         env_id: str,
+        env_kwargs: Mapping[str, Any] | None = None,
         num_tasks: int,
         episodes_per_task: int,
         horizon: int,
@@ -144,6 +147,7 @@ class RaySampler(EpisodeSampler):
             )
         if timeout_s <= 0 or max_retries < 0:
             raise ValueError("ray sampler: timeout_s must be > 0 and max_retries >= 0")
+        self.env_kwargs = dict(env_kwargs or {})
         self.oracle = oracle
         self.normalize_actions = normalize_actions
         self.timeout_s = timeout_s
@@ -170,6 +174,7 @@ class RaySampler(EpisodeSampler):
             self._actor_cls = remote(RolloutWorker)
         return self._actor_cls.remote(
             env_id=self.env_id,
+            env_kwargs=self.env_kwargs,
             num_tasks=b - a,
             episodes_per_task=self.episodes_per_task,
             horizon=self.horizon,
