@@ -8,6 +8,7 @@ a figure of mean +- 95% band against the number of gradient steps.
 from __future__ import annotations
 
 import csv
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,9 @@ import numpy as np
 from scipy import stats as sps
 
 from metarl.errors import replacing
+
+TITLE_WIDTH = 70
+"""Characters per line of a figure title (a longer one, e.g. several runs' env ids, wraps)."""
 
 
 def mean_ci95(values: np.ndarray) -> tuple[float, float]:
@@ -265,7 +269,7 @@ def plot_learning_curves(
         ax.legend(fontsize=8)
     axes[-1, 0].set_xlabel("meta-iteration")
     axes[-1, 0].xaxis.set_major_locator(_integer_ticks())
-    fig.suptitle(title or "learning curves")
+    fig.suptitle(textwrap.fill(title or "learning curves", TITLE_WIDTH))
     fig.tight_layout()
     save_figure(fig, path)
 
