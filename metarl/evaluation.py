@@ -18,8 +18,14 @@ from scipy import stats as sps
 
 from metarl.errors import replacing
 
-TITLE_WIDTH = 70
-"""Characters per line of a figure title (a longer one, e.g. several runs' env ids, wraps)."""
+TITLE_CHARS_PER_INCH = 10
+"""Characters of a 12-point title per inch of the width it spans (a longer title, e.g. an env
+file's path or several runs' ids, wraps to the next line)."""
+
+
+def _wrapped(title: str, inches: float) -> str:
+    """``title`` broken into lines that fit ``inches`` of width."""
+    return textwrap.fill(title, max(20, int(inches * TITLE_CHARS_PER_INCH)))
 
 
 def mean_ci95(values: np.ndarray) -> tuple[float, float]:
@@ -145,11 +151,12 @@ def plot_curves(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{panel} {panel_key}" if panel_key else title)
+        axis_inches = fig.get_figwidth() * ax.get_position().width
+        ax.set_title(_wrapped(f"{panel} {panel_key}" if panel_key else title, axis_inches))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if panel_key and title:
-        fig.suptitle(title)
+        fig.suptitle(_wrapped(title, fig.get_figwidth()))
     fig.text(0.5, 0.01, band_note(rows), ha="center", va="bottom", fontsize=8, color="0.3")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     save_figure(fig, path)
@@ -269,7 +276,7 @@ def plot_learning_curves(
         ax.legend(fontsize=8)
     axes[-1, 0].set_xlabel("meta-iteration")
     axes[-1, 0].xaxis.set_major_locator(_integer_ticks())
-    fig.suptitle(textwrap.fill(title or "learning curves", TITLE_WIDTH))
+    fig.suptitle(_wrapped(title or "learning curves", fig.get_figwidth()))
     fig.tight_layout()
     save_figure(fig, path)
 
