@@ -98,19 +98,23 @@ def evaluate(
     num_tasks: int | None = None,
     steps: int | None = None,
     episodes: int | None = None,
+    batch: str | None = None,
     seed: int | None = None,
     out: str | Path | None = None,
 ) -> EvalResult:
     """The adaptation curve of ``run`` (and of every ``compare`` run, on the same held-out
     tasks): ``result.rows`` holds, per method and step, the mean and the 95% confidence
     half-width over tasks of the return (RL), query loss (sinusoid) or accuracy (Omniglot).
-    None keeps the run's ``eval`` settings. ``out``: a directory to write
+    None keeps the run's ``eval`` settings (RL: ``episodes`` per task and step, ``batch``
+    ``"episodes"`` or ``"steps"``, see ``eval.batch``). ``out``: a directory to write
     ``adaptation.csv`` and ``adaptation.png`` into (nothing is written without it)."""
     runs = [_as_checkpoint(r) for r in (run, *compare)]
     kinds = {r.config.kind for r in runs}
     if len(kinds) > 1:
         raise ConfigError(f"cannot compare runs of different kinds: {sorted(kinds)}")
-    options = EvalOptions(num_tasks=num_tasks, steps=steps, seed=seed, episodes=episodes)
+    options = EvalOptions(
+        num_tasks=num_tasks, steps=steps, seed=seed, episodes=episodes, batch=batch
+    )
     result = KINDS[runs[0].config.kind].evaluate(runs, options)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)

@@ -125,7 +125,13 @@ def _evaluate_parser(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--num-tasks", type=int, help="held-out tasks (default from the config)")
     ev.add_argument("--steps", type=int, help="gradient steps (default from the config)")
     ev.add_argument("--seed", type=int, help="seed of the held-out tasks")
-    ev.add_argument("--episodes", type=int, help="RL: episodes per task and step")
+    ev.add_argument("--episodes", type=int, help="RL: episodes (sub-envs) per task and step")
+    ev.add_argument(
+        "--batch",
+        choices=("episodes", "steps"),
+        help="RL: a test batch of one episode per sub-env, or of episodes x horizon env steps "
+        "(the paper's; default from the config: eval.batch)",
+    )
     _add_device(ev, "the fine-tuning of every run")
     ev.add_argument(
         "--checkpoint",
@@ -259,7 +265,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def _evaluate(runs: Sequence[Checkpoint], args: argparse.Namespace) -> EvalResult:
     log.info("evaluating %s (iteration %d)", runs[0].path, runs[0].iteration)
     options = EvalOptions(
-        num_tasks=args.num_tasks, steps=args.steps, seed=args.seed, episodes=args.episodes
+        num_tasks=args.num_tasks,
+        steps=args.steps,
+        seed=args.seed,
+        episodes=args.episodes,
+        batch=args.batch,
     )
     try:
         return KINDS[runs[0].config.kind].evaluate(runs, options)

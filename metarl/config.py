@@ -277,8 +277,16 @@ class RLEvalConfig:
     num_tasks: int = bounded(40, ge=2)
     """Held-out tasks."""
     episodes_per_task: int = bounded(40, ge=1)
-    """Episodes per task and per gradient step (the paper's test batches were 4000 env steps:
-    40 episodes of 2-D navigation, 20 of the MuJoCo tasks)."""
+    """Sub-envs per task and per gradient step: with ``batch: episodes`` the episodes of a
+    task's test batch (the paper's test batches were 4000 env steps: 40 episodes of 2-D
+    navigation, 20 of the MuJoCo tasks)."""
+    batch: Literal["steps", "episodes"] = "steps"
+    """What a task's test batch holds. ``steps``: the paper's (rllab's vectorized sampler):
+    the sub-envs run episodes back to back until the episodes that have ended hold
+    ``episodes_per_task x env.horizon`` env steps; those still running are dropped.
+    ``episodes``: one episode per sub-env. The two are the same batch when no episode ends
+    early; when some do (a navigation goal reached, an ant fallen), ``steps`` gives a task
+    more, shorter episodes, and its mean return favours the short ones."""
     max_steps: int = bounded(3, ge=0)
     """Curves report the return after 0..max_steps policy-gradient steps."""
     lr: tuple[float, ...] | None = bounded(None, gt=0.0)

@@ -24,6 +24,7 @@ class EvalOptions:
     steps: int | None = None
     seed: int | None = None
     episodes: int | None = None
+    batch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,17 @@ class ExperimentKind:
 
 def _eval_config(config: Any, options: EvalOptions, episodes_key: str | None) -> Any:
     """The run's ``eval`` section with the command line's values, validated like a config."""
-    if options.episodes is not None and episodes_key is None:
-        raise ConfigError(f"--episodes does not apply to {config.kind!r} runs")
-    values = {"num_tasks": options.num_tasks, "max_steps": options.steps, "seed": options.seed}
+    for flag, value in (("--episodes", options.episodes), ("--batch", options.batch)):
+        if value is not None and episodes_key is None:
+            raise ConfigError(f"{flag} does not apply to {config.kind!r} runs")
+    values: dict[str, int | str | None] = {
+        "num_tasks": options.num_tasks,
+        "max_steps": options.steps,
+        "seed": options.seed,
+    }
     if episodes_key is not None:
         values[episodes_key] = options.episodes
+        values["batch"] = options.batch
     overrides = [f"eval.{k}={v}" for k, v in values.items() if v is not None]
     return with_overrides(config, overrides).eval
 

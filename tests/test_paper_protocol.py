@@ -120,6 +120,7 @@ def test_paper_configs_hold_the_papers_values(name: str) -> None:
     assert (t.backtrack_ratio, t.max_backtracks, t.fd_base_eps) == (0.8, 15, 1.0)
     e = c.eval
     assert (e.num_tasks, e.episodes_per_task, e.max_steps, e.lr) == (40, eval_eps, 3, eval_lr)
+    assert e.batch == "steps" and e.episodes_per_task * c.env.horizon == 4000
     env = make_env(c.env.id, env_kwargs=c.env.kwargs)
     assert env.unwrapped.dt == pytest.approx(PAPER_DT.get(name, 0.05))  # type: ignore[attr-defined]
 
@@ -143,7 +144,10 @@ def test_paper_baseline_configs_differ_from_maml_only_where_the_paper_did(task: 
         )
         if method in BASELINE_EVAL_LR[task]:
             assert c.eval.lr == BASELINE_EVAL_LR[task][method]
-        assert c.eval.episodes_per_task == maml.eval.episodes_per_task
+        assert (c.eval.episodes_per_task, c.eval.batch) == (
+            maml.eval.episodes_per_task,
+            maml.eval.batch,
+        )
     assert load_config(CONFIGS / f"{task}_random.yaml").iterations == 1
 
 

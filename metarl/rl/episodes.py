@@ -169,6 +169,14 @@ class EpisodeBatch:
         sl = slice(start * self.episodes_per_task, stop * self.episodes_per_task)
         return self._columns(sl, stop - start, self.episodes_per_task)
 
+    def episodes(self, cols: Tensor) -> EpisodeBatch:
+        """Episodes ``cols`` (indices) of a one-task batch, as a one-task batch (copies)."""
+        if self.num_tasks != 1:
+            raise ValueError(f"EpisodeBatch.episodes: a batch of {self.num_tasks} tasks, not 1")
+        if cols.numel() == 0:
+            raise IndexError("EpisodeBatch.episodes: no episodes selected")
+        return self._columns(cols, 1, int(cols.numel()))
+
     def _columns(
         self, cols: slice | Tensor, num_tasks: int, episodes_per_task: int
     ) -> EpisodeBatch:
@@ -203,6 +211,21 @@ def concat_tasks(parts: Sequence[EpisodeBatch]) -> EpisodeBatch:
     per_task = {p.episodes_per_task for p in parts}
     if len(per_task) != 1:
         raise ValueError(f"concat_tasks: batches differ in episodes_per_task: {sorted(per_task)}")
+    return _joined(parts, sum(p.num_tasks for p in parts), per_task.pop())
+
+
+def concat_episodes(parts: Sequence[EpisodeBatch]) -> EpisodeBatch:
+    """Batches of one task joined as one task's episodes, in order, zero-padded to the longest
+    ``T``: a task's batch gathered over several sampler calls."""
+    if not parts:
+        raise ValueError("concat_episodes: no batches")
+    if any(p.num_tasks != 1 for p in parts):
+        raise ValueError("concat_episodes: every batch must hold one task")
+    return _joined(parts, 1, sum(p.episodes_per_task for p in parts))
+
+
+def _joined(parts: Sequence[EpisodeBatch], num_tasks: int, episodes_per_task: int) -> EpisodeBatch:
+    """The episodes of ``parts`` side by side (columns in order), padded to the longest ``T``."""
     horizon = max(p.horizon for p in parts)
 
     def steps(name: str) -> Tensor:
@@ -226,8 +249,8 @@ def concat_tasks(parts: Sequence[EpisodeBatch]) -> EpisodeBatch:
         truncated=episodes("truncated"),
         last_observations=episodes("last_observations"),
         log_probs=steps("log_probs"),
-        num_tasks=sum(p.num_tasks for p in parts),
-        episodes_per_task=per_task.pop(),
+        num_tasks=num_tasks,
+        episodes_per_task=episodes_per_task,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,9 @@ from metarl.rl.maml_trpo import adapt_policy
 from metarl.rl.policies import Params, Policy
 from metarl.rl.sampling import EpisodeSampler, make_sampler
 from metarl.rl.sampling.envs import make_env
+from metarl.rl.sampling.step_budget import sample_step_budget
+
+log = logging.getLogger(__name__)
 
 EVAL_STREAM = 0xE7A1  # mixes held-out task streams apart from training streams
 
@@ -74,17 +78,83 @@ def adaptation_returns(
     current = to_device(current, device)
     generator = torch.Generator().manual_seed(seed)
     seeds = np.random.SeedSequence([EVAL_STREAM, seed]).generate_state(eval_cfg.max_steps + 1)
+    step_fn = _steps_batch_step if eval_cfg.batch == "steps" else _episodes_batch_step
     returns = []
     for step, lr in enumerate([*step_lrs(eval_cfg, config.inner.lr), None]):
-        batch = sampler.sample(
-            acting, to_cpu(current), tasks, generator=generator, seed=int(seeds[step]),
-            per_task_params=True,
-        )  # fmt: skip
-        returns.append(batch.returns.reshape(len(tasks), -1).mean(1).double().numpy())
-        if lr is not None:
-            batch = batch.to(device)
-            current = adapt_step(policy, current, batch, advantages_of(config, batch), lr)
+        test = TestStep(config, policy, acting, sampler, tasks, generator, int(seeds[step]))
+        step_returns, current = step_fn(test, current, lr)
+        returns.append(step_returns)
     return np.stack(returns)
+
+
+@dataclasses.dataclass(frozen=True)
+class TestStep:
+    """What one test step samples with: the run, its policy on the learner's device and the
+    acting one, the sampler, the tasks and the step's randomness."""
+
+    config: RLConfig
+    policy: Policy
+    acting: Policy
+    sampler: EpisodeSampler
+    tasks: Sequence[Any]
+    generator: torch.Generator
+    seed: int
+
+
+def _episodes_batch_step(
+    test: TestStep, current: Params, lr: float | None
+) -> tuple[np.ndarray, Params]:
+    """``eval.batch: episodes``: the mean return per task of one sampler call with the
+    per-task weights ``current``, and the weights after a step of ``lr`` on it (if any)."""
+    batch = test.sampler.sample(
+        test.acting, to_cpu(current), test.tasks, generator=test.generator, seed=test.seed,
+        per_task_params=True,
+    )  # fmt: skip
+    returns = batch.returns.reshape(len(test.tasks), -1).mean(1).double().numpy()
+    if lr is None:
+        return returns, current
+    batch = batch.to(_device_of(current))
+    return returns, adapt_step(test.policy, current, batch, advantages_of(test.config, batch), lr)
+
+
+def _steps_batch_step(
+    test: TestStep, current: Params, lr: float | None
+) -> tuple[np.ndarray, Params]:
+    """``eval.batch: steps``: as :func:`_episodes_batch_step` on batches of a fixed number of
+    env steps (:func:`sample_step_budget`), a different number of episodes per task."""
+    batches = sample_step_budget(
+        test.sampler, test.acting, to_cpu(current), test.tasks, generator=test.generator,
+        seed=test.seed, per_task_params=True,
+    )  # fmt: skip
+    log.info(
+        "%.1f episodes per task in batches of %d env steps",
+        np.mean([b.episodes_per_task for b in batches]),
+        test.sampler.episodes_per_task * test.sampler.horizon,
+    )
+    returns = np.array([b.returns.double().mean().item() for b in batches])
+    if lr is None:
+        return returns, current
+    device = _device_of(current)
+    return returns, adapt_each(
+        test.config, test.policy, current, [b.to(device) for b in batches], lr
+    )
+
+
+def _device_of(params: Params) -> torch.device:
+    return next(iter(params.values())).device
+
+
+def adapt_each(
+    config: RLConfig, policy: Policy, params: Params, batches: Sequence[EpisodeBatch], lr: float
+) -> Params:
+    """:func:`adapt_step` task by task, when the tasks' batches differ in size (``[K, ...]``
+    weights, one one-task batch each)."""
+    parts = [
+        adapt_step(policy, {k: v[i : i + 1] for k, v in params.items()}, b,
+                   advantages_of(config, b), lr)
+        for i, b in enumerate(batches)
+    ]  # fmt: skip
+    return {k: torch.cat([p[k] for p in parts]) for k in params}
 
 
 def evaluate_rl(

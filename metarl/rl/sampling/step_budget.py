@@ -1,0 +1,106 @@
+"""Test batches of a fixed number of env steps, collected the way the paper's code did.
+
+rllab's vectorized sampler (``sandbox/rocky/tf/samplers/vectorized_sampler.py`` in
+cbfinn/maml_rl), which the paper's test scripts used, runs ``batch_size / max_path_length``
+sub-envs side by side; each sub-env starts a new episode as soon as its last one ends. After
+every env step it adds the episodes that ended to the batch, and it stops once the episodes in
+the batch hold ``batch_size`` env steps; episodes still running then are dropped. When
+episodes end early (a 2-D navigation goal reached, an ant that falls), a task therefore gets
+more, and shorter, episodes than sub-envs, and the batch favours the short ones: an episode
+that is still running at the stop is more likely a long one.
+
+:func:`sample_step_budget` reproduces that batch from :meth:`EpisodeSampler.sample` calls:
+call ``r`` gives every sub-env its ``r``-th episode, and :func:`kept_episodes` keeps the
+episodes rllab's loop would have kept, sampling more rounds until that is decided for every
+task. The episodes of a task are i.i.d., so the batch has the distribution of rllab's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from metarl.rl.episodes import EpisodeBatch, concat_episodes
+from metarl.rl.policies import Params, Policy
+from metarl.rl.sampling.base import EpisodeSampler
+
+
+def kept_episodes(lengths: np.ndarray, budget: int) -> np.ndarray | None:
+    """Which episodes the vectorized sampler keeps, or None if ``lengths`` does not decide it.
+
+    ``lengths[r, s]``: the length of sub-env ``s``'s ``r``-th episode (its episodes run back to
+    back, so it ends at env step ``lengths[:r + 1, s].sum()``). The sampler stops after the
+    first env step at which the episodes ended so far hold at least ``budget`` steps, keeping
+    every episode that ended by then. Undecided when a sub-env's last given episode ends before
+    that step: its next episode, not given, might end in time too.
+    """
+    if lengths.ndim != 2 or lengths.size == 0 or (lengths < 1).any() or budget < 1:
+        raise ValueError("kept_episodes: lengths must be a non-empty [rounds, sub-envs] >= 1")
+    ends = np.cumsum(lengths, axis=0)
+    order = np.argsort(ends, axis=None, kind="stable")
+    done = np.cumsum(lengths.ravel()[order])
+    first = int(np.searchsorted(done, budget))  # the first episode that fills the budget
+    if first == done.size:
+        return None
+    stop = ends.ravel()[order[first]]
+    if (ends[-1] < stop).any():
+        return None
+    kept: np.ndarray = ends <= stop
+    return kept
+
+
+def sample_step_budget(
+    sampler: EpisodeSampler,
+    policy: Policy,
+    params: Params,
+    tasks: Sequence[Any],
+    *,
+    generator: torch.Generator,
+    seed: int,
+    per_task_params: bool = False,
+) -> list[EpisodeBatch]:
+    """One batch per task of ``sampler.episodes_per_task * sampler.horizon`` env steps, as
+    rllab's vectorized sampler collects it with ``sampler.episodes_per_task`` sub-envs.
+
+    The first round is :meth:`EpisodeSampler.sample` with ``seed`` itself, so when no episode
+    ends before the horizon the batch is exactly that call's episodes.
+    """
+    budget = sampler.episodes_per_task * sampler.horizon
+    rounds: list[EpisodeBatch] = []
+    while True:
+        round_seed = seed if not rounds else _round_seed(seed, len(rounds))
+        batch = sampler.sample(
+            policy, params, tasks, generator=generator, seed=round_seed,
+            per_task_params=per_task_params,
+        )  # fmt: skip
+        rounds.append(batch)
+        kept = _kept_per_task(rounds, budget)
+        if kept is not None:
+            return [_task_batch(rounds, k, mask) for k, mask in enumerate(kept)]
+
+
+def _round_seed(seed: int, r: int) -> int:
+    return int(np.random.SeedSequence([seed, r]).generate_state(1)[0])
+
+
+def _kept_per_task(rounds: Sequence[EpisodeBatch], budget: int) -> list[np.ndarray] | None:
+    """Each task's kept mask ``[rounds, sub-envs]``, or None while any task is undecided."""
+    num_tasks, envs = rounds[0].num_tasks, rounds[0].episodes_per_task
+    lengths = torch.stack([b.lengths.reshape(num_tasks, envs) for b in rounds], dim=1).numpy()
+    kept = [kept_episodes(lengths[k], budget) for k in range(num_tasks)]
+    if any(mask is None for mask in kept):
+        return None
+    return [mask for mask in kept if mask is not None]
+
+
+def _task_batch(rounds: Sequence[EpisodeBatch], task: int, kept: np.ndarray) -> EpisodeBatch:
+    """Task ``task``'s kept episodes from every round, round by round, as one batch."""
+    parts = []
+    for batch, row in zip(rounds, kept, strict=True):
+        cols = torch.as_tensor(np.flatnonzero(row))
+        if cols.numel():
+            parts.append(batch.task(task).episodes(cols))
+    return concat_episodes(parts)

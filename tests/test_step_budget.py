@@ -1,0 +1,249 @@
+"""Test batches of a fixed number of env steps (``eval.batch: steps``): the episodes kept are
+those rllab's vectorized sampler keeps, checked against a step-by-step replay of its loop."""
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from metarl.cli import main
+from metarl.config import load_config
+from metarl.rl.evaluation import adaptation_returns
+from metarl.rl.learners import make_rl_learner
+from metarl.rl.policies import GaussianMLPPolicy
+from metarl.rl.sampling.local import Sampler
+from metarl.rl.sampling.step_budget import kept_episodes, sample_step_budget
+from metarl.rngs import Rngs
+
+
+def rllab_loop(lengths: np.ndarray, budget: int) -> np.ndarray:
+    """rllab's ``VectorizedSampler.obtain_samples`` loop, env step by env step: sub-env ``s``
+    runs the episodes ``lengths[:, s]`` back to back; after each env step the episodes that
+    ended are added, until they hold ``budget`` steps. Returns the kept mask."""
+    rounds, envs = lengths.shape
+    kept = np.zeros_like(lengths, dtype=bool)
+    episode, step_in_episode, n_samples = [0] * envs, [0] * envs, 0
+    while n_samples < budget:
+        for s in range(envs):
+            step_in_episode[s] += 1
+            if step_in_episode[s] == lengths[episode[s], s]:
+                kept[episode[s], s] = True
+                n_samples += lengths[episode[s], s]
+                episode[s], step_in_episode[s] = episode[s] + 1, 0
+                assert episode[s] < rounds, "the replay ran out of episodes"
+    return kept
+
+
+def _random_lengths(rng: np.random.Generator, rounds: int, envs: int, horizon: int) -> np.ndarray:
+    kind = rng.integers(4)
+    if kind == 0:  # no episode ends early
+        return np.full((rounds, envs), horizon)
+    if kind == 1:
+        return rng.integers(1, horizon + 1, (rounds, envs))
+    if kind == 2:  # mostly short, some full
+        return np.where(
+            rng.random((rounds, envs)) < 0.7, rng.integers(1, 4, (rounds, envs)), horizon
+        )
+    return np.where(rng.random((rounds, envs)) < 0.2, 1, horizon)
+
+
+@pytest.mark.parametrize("case", range(60))
+def test_kept_episodes_are_rllabs_and_decided_once_enough_rounds_are_given(case: int) -> None:
+    rng = np.random.default_rng(case)
+    envs, horizon = int(rng.integers(1, 9)), int(rng.integers(1, 25))
+    lengths = _random_lengths(rng, 3 * horizon + 2, envs, horizon)
+    budget = envs * horizon
+    expected = rllab_loop(lengths, budget)
+    decided = [
+        r for r in range(1, len(lengths) + 1) if kept_episodes(lengths[:r], budget) is not None
+    ]
+    assert decided, "never decided"
+    first = decided[0]
+    assert decided == list(range(first, len(lengths) + 1))  # once decided, stays decided
+    for r in (first, first + 1, len(lengths)):
+        kept = kept_episodes(lengths[:r], budget)
+        assert kept is not None
+        np.testing.assert_array_equal(kept, expected[:r])
+        assert not expected[r:].any()
+    # at least one episode per sub-env's worth of steps, and no more than one env step's worth
+    total = int(lengths[expected].sum())
+    assert budget <= total < budget + envs * horizon
+
+
+def test_kept_episodes_rejects_bad_lengths() -> None:
+    for bad in (np.zeros((2, 3), int), np.ones(4, int), np.ones((0, 2), int)):
+        with pytest.raises(ValueError, match="kept_episodes"):
+            kept_episodes(bad, 4)
+
+
+@dataclass(frozen=True)
+class StopChance:
+    p: float
+
+
+class CoinEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Each step costs 1 and ends the episode with probability ``task.p`` (the env's own RNG):
+    episodes of every length, the short ones the better."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+
+    def __init__(self) -> None:
+        self._task, self.t = StopChance(0.1), 0
+
+    def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> list[StopChance]:
+        return [StopChance(float(p)) for p in rng.uniform(0.0, 0.3, num_tasks)]
+
+    def set_task(self, task: StopChance) -> None:
+        self._task = task
+
+    @property
+    def task(self) -> StopChance:
+        return self._task
+
+    @task.setter
+    def task(self, task: StopChance) -> None:
+        self.set_task(task)
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> Any:
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action: np.ndarray) -> Any:
+        self.t += 1
+        done = bool(self.np_random.random() < self._task.p)
+        return np.array([self.t], np.float32), -1.0 - 0.1 * float(action[0]), done, False, {}
+
+
+gym.register("metarl_test/Coin-v0", entry_point=CoinEnv, max_episode_steps=12)
+
+
+def _policy() -> tuple[GaussianMLPPolicy, dict[str, torch.Tensor]]:
+    policy = GaussianMLPPolicy(obs_dim=1, act_dim=1, hidden_sizes=(8,), init_log_std=-0.5)
+    return policy, policy.init_params(torch.Generator().manual_seed(0))
+
+
+def test_a_task_batch_is_the_rllab_selection_of_the_rounds_episodes() -> None:
+    policy, params = _policy()
+    envs, horizon = 5, 12
+    with Sampler(
+        env_id="metarl_test/Coin-v0", num_tasks=4, episodes_per_task=envs, horizon=horizon
+    ) as sampler:
+        tasks = [StopChance(p) for p in (0.0, 0.05, 0.2, 0.6)]
+        batches = sample_step_budget(
+            sampler, policy, params, tasks, generator=torch.Generator().manual_seed(3), seed=9
+        )
+        # the same calls made by hand: round 0 with the seed itself, then derived seeds
+        generator = torch.Generator().manual_seed(3)
+        rounds = [sampler.sample(policy, params, tasks, generator=generator, seed=9)]
+        while len(rounds) < 4 * horizon:
+            seed = int(np.random.SeedSequence([9, len(rounds)]).generate_state(1)[0])
+            rounds.append(sampler.sample(policy, params, tasks, generator=generator, seed=seed))
+    for k, batch in enumerate(batches):
+        lengths = np.stack([r.lengths.reshape(4, envs)[k].numpy() for r in rounds])
+        kept = rllab_loop(lengths, envs * horizon)
+        np.testing.assert_array_equal(batch.lengths.numpy(), lengths[kept])
+        expected = [r.rewards[:, k * envs + s] for r in rounds for s in range(envs)]
+        columns = [x for x, keep in zip(expected, kept.ravel(), strict=True) if keep]
+        for n, column in enumerate(columns):
+            assert torch.equal(batch.rewards[: len(column), n], column)
+        assert batch.num_tasks == 1 and batch.episodes_per_task == int(kept.sum()) >= envs
+    counts = [b.episodes_per_task for b in batches]
+    assert counts[0] == envs and counts[3] > 4 * envs  # p = 0: the call itself; p = 0.6: many
+
+
+def test_without_early_ends_the_batch_is_the_sampler_call_itself() -> None:
+    policy, params = _policy()
+    with Sampler(
+        env_id="metarl_test/Coin-v0", num_tasks=3, episodes_per_task=4, horizon=12
+    ) as sampler:
+        tasks = [StopChance(0.0)] * 3
+        batches = sample_step_budget(
+            sampler, policy, params, tasks, generator=torch.Generator().manual_seed(1), seed=2
+        )
+        call = sampler.sample(
+            policy, params, tasks, generator=torch.Generator().manual_seed(1), seed=2
+        )
+    for k, batch in enumerate(batches):
+        expected = call.task(k)
+        for name in ("observations", "actions", "rewards", "mask", "lengths", "log_probs"):
+            assert torch.equal(getattr(batch, name), getattr(expected, name)), name
+
+
+def _coin_config(batch: str, *extra: str) -> Any:
+    return load_config(
+        None,
+        [
+            "kind=rl",
+            "env.id=metarl_test/Coin-v0",
+            "env.horizon=12",
+            "policy.hidden_sizes=[8]",
+            "eval.num_tasks=5",
+            "eval.episodes_per_task=4",
+            "eval.max_steps=2",
+            f"eval.batch={batch}",
+            *extra,
+        ],
+    )
+
+
+def test_steps_batches_give_the_episodes_curve_when_no_episode_ends_early() -> None:
+    """With p = 0 both kinds of batch hold the same episodes; the steps batch adapts task by
+    task, the episodes batch all tasks in one vmap call: the weights differ by float32
+    rounding only, and the returns after the steps by its effect (1e-4)."""
+    curves = {}
+    for batch in ("episodes", "steps"):
+        cfg = _coin_config(batch)
+        params = make_rl_learner(cfg, Rngs.from_seed(0)).weights()
+        tasks = [StopChance(0.0)] * 5
+        with Sampler(env_id=cfg.env.id, num_tasks=5, episodes_per_task=4, horizon=12) as s:
+            curves[batch] = adaptation_returns(cfg, params, tasks, s, cfg.eval, seed=4)
+    assert curves["steps"].shape == (3, 5)
+    # before any step: the same episodes, a mean in float64 against one in float32
+    np.testing.assert_allclose(curves["steps"][0], curves["episodes"][0], rtol=1e-6)
+    np.testing.assert_allclose(curves["steps"], curves["episodes"], rtol=1e-4, atol=1e-4)
+
+
+def test_steps_batches_favour_short_episodes_when_episodes_end_early() -> None:
+    """Returns are minus the length (about): the steps batch, which drops the running (often
+    long) episodes, scores higher than one episode per sub-env on the same policy."""
+    cfg = _coin_config("steps", "eval.max_steps=0")
+    params = make_rl_learner(cfg, Rngs.from_seed(0)).weights()
+    tasks = [StopChance(0.15)] * 5
+    means = {}
+    for batch in ("episodes", "steps"):
+        with Sampler(env_id=cfg.env.id, num_tasks=5, episodes_per_task=40, horizon=12) as s:
+            eval_cfg = replace(cfg.eval, batch=batch, episodes_per_task=40)
+            means[batch] = adaptation_returns(cfg, params, tasks, s, eval_cfg, seed=0).mean()
+    # expected length of an episode: (1 - 0.85^12) / 0.15 = 5.8 steps
+    assert means["episodes"] == pytest.approx(-5.8, abs=0.4)
+    assert means["steps"] > means["episodes"] + 0.4
+
+
+def test_evaluate_batch_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    run = tmp_path / "nav"
+    tiny = ["--set", "policy.hidden_sizes=[8]", "--set", "env.horizon=15", "--no-progress"]
+    args = ["--set", "meta_batch_size=2", "--set", "episodes_per_task=2", "--set", "iterations=1"]
+    assert main(["train", "--out", str(run), "--set", "kind=rl", *args, *tiny]) == 0
+    ev = ["evaluate", str(run), "--num-tasks", "3", "--episodes", "2", "--steps", "1"]
+    with caplog.at_level(logging.INFO, logger="metarl"):
+        assert main([*ev, "--batch", "steps"]) == 0
+    assert "episodes per task in batches of 30 env steps" in caplog.text
+    with pytest.raises(SystemExit) as exit_info:
+        main([*ev, "--batch", "nope"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+    sine = tmp_path / "sine"
+    sine_args = ["--set", "iterations=1", "--set", "meta_batch_size=2", "--no-progress"]
+    assert main(["train", "--out", str(sine), "--set", "kind=sinusoid", *sine_args]) == 0
+    assert main(["evaluate", str(sine), "--batch", "steps"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "metarl evaluate: error: --batch does not apply to 'sinusoid' runs"
