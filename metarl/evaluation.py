@@ -8,6 +8,7 @@ a figure of mean +- 95% band against the number of gradient steps.
 from __future__ import annotations
 
 import csv
+import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,8 +25,18 @@ file's path or several runs' ids, wraps to the next line)."""
 
 
 def _wrapped(title: str, inches: float) -> str:
-    """``title`` broken into lines that fit ``inches`` of width."""
-    return textwrap.fill(title, max(20, int(inches * TITLE_CHARS_PER_INCH)))
+    """``title`` broken into lines that fit ``inches`` of width: at spaces, else after a path's
+    or an env id's ``/`` and ``:``, and only a piece longer than a line mid-name."""
+    width = max(20, int(inches * TITLE_CHARS_PER_INCH))
+    lines = [""]
+    for chunk in re.split(r"(?<=[/:])(?=\S)|(?= )", title):
+        if lines[-1] and len(lines[-1]) + len(chunk) > width:
+            lines.append("")
+            chunk = chunk.lstrip()
+        pieces = textwrap.wrap(chunk, width, drop_whitespace=False) or [chunk]
+        lines[-1] += pieces[0]
+        lines += pieces[1:]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def mean_ci95(values: np.ndarray) -> tuple[float, float]:

@@ -160,3 +160,18 @@ def test_evaluate_labels_the_sinusoid_panels(tmp_path: Path, figures: list[Any])
     assert [t.get_text() for t in fig.texts if t is not fig._suptitle] == [
         "shaded: 95% confidence interval of the mean over 5 tasks"
     ]
+
+
+def test_long_titles_wrap_at_spaces_and_separators_never_mid_name() -> None:
+    from metarl.evaluation import _wrapped
+
+    env_file = "results/ant_vel/paper_dt.py:paperdt/AntVel-v0"
+    assert _wrapped(env_file, 6.4) == env_file  # fits: one line
+    assert _wrapped(env_file, 3.2) == "results/ant_vel/paper_dt.py:\npaperdt/AntVel-v0"
+    title = f"learning curves: metarl/HalfCheetahVel-v0, {env_file}, maml"
+    lines = _wrapped(title, 3.2).split("\n")
+    assert "".join(lines).replace(" ", "") == title.replace(" ", "")  # nothing lost
+    assert all(len(line) <= 32 for line in lines) and len(lines) > 2
+    for line in lines[:-1]:  # every break is at a space (dropped) or after / or :
+        assert line[-1] in "/:" or title[title.index(line) + len(line)] == " "
+    assert _wrapped("x" * 50, 3.2) == "x" * 32 + "\n" + "x" * 18  # a name too long for any line
