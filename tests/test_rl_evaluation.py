@@ -61,7 +61,14 @@ def test_evaluate_writes_the_curve_csv_and_png(runs: dict[str, Path]) -> None:
     others = [str(runs[m]) for m in ("pretrained", "random", "oracle")]
     assert main(["evaluate", str(runs["maml"]), "--compare", *others, "--steps", "2"]) == 0
     rows = _rows(runs["maml"] / "adaptation.csv")
-    assert list(rows[0]) == ["method", "step", "mean_return", "ci95_return", "num_tasks"]
+    assert list(rows[0]) == [
+        "method",
+        "step",
+        "mean_return",
+        "ci95_return",
+        "num_tasks",
+        "episodes_per_task",
+    ]
     by_method: dict[str, list[dict[str, str]]] = {}
     for r in rows:
         by_method.setdefault(r["method"], []).append(r)

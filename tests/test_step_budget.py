@@ -194,9 +194,8 @@ def _coin_config(batch: str, *extra: str) -> Any:
 
 
 def test_steps_batches_give_the_episodes_curve_when_no_episode_ends_early() -> None:
-    """With p = 0 both kinds of batch hold the same episodes; the steps batch adapts task by
-    task, the episodes batch all tasks in one vmap call: the weights differ by float32
-    rounding only, and the returns after the steps by its effect (1e-4)."""
+    """With p = 0 both kinds of batch hold the same episodes, and every step adapts task by
+    task: the same curve, bit for bit."""
     curves = {}
     for batch in ("episodes", "steps"):
         cfg = _coin_config(batch)
@@ -204,10 +203,10 @@ def test_steps_batches_give_the_episodes_curve_when_no_episode_ends_early() -> N
         tasks = [StopChance(0.0)] * 5
         with Sampler(env_id=cfg.env.id, num_tasks=5, episodes_per_task=4, horizon=12) as s:
             curves[batch] = adaptation_returns(cfg, params, tasks, s, cfg.eval, seed=4)
-    assert curves["steps"].shape == (3, 5)
-    # before any step: the same episodes, a mean in float64 against one in float32
-    np.testing.assert_allclose(curves["steps"][0], curves["episodes"][0], rtol=1e-6)
-    np.testing.assert_allclose(curves["steps"], curves["episodes"], rtol=1e-4, atol=1e-4)
+    assert curves["steps"].returns.shape == (3, 5)
+    np.testing.assert_array_equal(curves["steps"].returns, curves["episodes"].returns)
+    np.testing.assert_array_equal(curves["steps"].episodes, np.full((3, 5), 4))
+    np.testing.assert_array_equal(curves["episodes"].episodes, np.full((3, 5), 4))
 
 
 def test_steps_batches_favour_short_episodes_when_episodes_end_early() -> None:
@@ -216,14 +215,18 @@ def test_steps_batches_favour_short_episodes_when_episodes_end_early() -> None:
     cfg = _coin_config("steps", "eval.max_steps=0")
     params = make_rl_learner(cfg, Rngs.from_seed(0)).weights()
     tasks = [StopChance(0.15)] * 5
-    means = {}
+    means, counts = {}, {}
     for batch in ("episodes", "steps"):
         with Sampler(env_id=cfg.env.id, num_tasks=5, episodes_per_task=40, horizon=12) as s:
             eval_cfg = replace(cfg.eval, batch=batch, episodes_per_task=40)
-            means[batch] = adaptation_returns(cfg, params, tasks, s, eval_cfg, seed=0).mean()
+            curve = adaptation_returns(cfg, params, tasks, s, eval_cfg, seed=0)
+            means[batch] = curve.returns.mean()
+            counts[batch] = curve.episodes.mean()
     # expected length of an episode: (1 - 0.85^12) / 0.15 = 5.8 steps
     assert means["episodes"] == pytest.approx(-5.8, abs=0.4)
     assert means["steps"] > means["episodes"] + 0.4
+    # 40 sub-envs x 12 steps over episodes of ~5.8: more than twice as many episodes
+    assert counts["episodes"] == 40 and counts["steps"] > 80
 
 
 def test_evaluate_batch_flag(

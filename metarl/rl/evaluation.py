@@ -7,7 +7,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -60,8 +60,9 @@ def adaptation_returns(
     eval_cfg: RLEvalConfig,
     *,
     seed: int,
-) -> np.ndarray:
-    """Mean return per task after 0..max_steps policy-gradient steps: ``[steps + 1, tasks]``.
+) -> AdaptationCurve:
+    """Mean return per task after 0..max_steps policy-gradient steps, and the number of
+    episodes it averages (``[steps + 1, tasks]`` each).
 
     Every step samples fresh episodes with the current (per-task) weights, then adapts on them
     on ``config.device`` (the weights go to the sampler's CPU, the episodes to the device).
@@ -79,12 +80,23 @@ def adaptation_returns(
     generator = torch.Generator().manual_seed(seed)
     seeds = np.random.SeedSequence([EVAL_STREAM, seed]).generate_state(eval_cfg.max_steps + 1)
     step_fn = _steps_batch_step if eval_cfg.batch == "steps" else _episodes_batch_step
-    returns = []
+    returns, episodes = [], []
     for step, lr in enumerate([*step_lrs(eval_cfg, config.inner.lr), None]):
         test = TestStep(config, policy, acting, sampler, tasks, generator, int(seeds[step]))
-        step_returns, current = step_fn(test, current, lr)
-        returns.append(step_returns)
-    return np.stack(returns)
+        batches = step_fn(test, current)
+        returns.append(np.array([b.returns.double().mean().item() for b in batches]))
+        episodes.append(np.array([b.episodes_per_task for b in batches]))
+        if lr is not None:
+            current = adapt_each(config, policy, current, batches, lr)
+    return AdaptationCurve(np.stack(returns), np.stack(episodes))
+
+
+class AdaptationCurve(NamedTuple):
+    """An RL run's test: per step (rows) and task (columns), the mean return of the task's
+    batch and the number of episodes in it."""
+
+    returns: np.ndarray
+    episodes: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,27 +113,19 @@ class TestStep:
     seed: int
 
 
-def _episodes_batch_step(
-    test: TestStep, current: Params, lr: float | None
-) -> tuple[np.ndarray, Params]:
-    """``eval.batch: episodes``: the mean return per task of one sampler call with the
-    per-task weights ``current``, and the weights after a step of ``lr`` on it (if any)."""
+def _episodes_batch_step(test: TestStep, current: Params) -> list[EpisodeBatch]:
+    """``eval.batch: episodes``: one sampler call with the per-task weights ``current``, one
+    episode per sub-env."""
     batch = test.sampler.sample(
         test.acting, to_cpu(current), test.tasks, generator=test.generator, seed=test.seed,
         per_task_params=True,
     )  # fmt: skip
-    returns = batch.returns.reshape(len(test.tasks), -1).mean(1).double().numpy()
-    if lr is None:
-        return returns, current
-    batch = batch.to(_device_of(current))
-    return returns, adapt_step(test.policy, current, batch, advantages_of(test.config, batch), lr)
+    return [batch.task(k) for k in range(len(test.tasks))]
 
 
-def _steps_batch_step(
-    test: TestStep, current: Params, lr: float | None
-) -> tuple[np.ndarray, Params]:
-    """``eval.batch: steps``: as :func:`_episodes_batch_step` on batches of a fixed number of
-    env steps (:func:`sample_step_budget`), a different number of episodes per task."""
+def _steps_batch_step(test: TestStep, current: Params) -> list[EpisodeBatch]:
+    """``eval.batch: steps``: each task's batch of a fixed number of env steps
+    (:func:`sample_step_budget`), a different number of episodes per task."""
     batches = sample_step_budget(
         test.sampler, test.acting, to_cpu(current), test.tasks, generator=test.generator,
         seed=test.seed, per_task_params=True,
@@ -131,30 +135,25 @@ def _steps_batch_step(
         np.mean([b.episodes_per_task for b in batches]),
         test.sampler.episodes_per_task * test.sampler.horizon,
     )
-    returns = np.array([b.returns.double().mean().item() for b in batches])
-    if lr is None:
-        return returns, current
-    device = _device_of(current)
-    return returns, adapt_each(
-        test.config, test.policy, current, [b.to(device) for b in batches], lr
-    )
-
-
-def _device_of(params: Params) -> torch.device:
-    return next(iter(params.values())).device
+    return batches
 
 
 def adapt_each(
     config: RLConfig, policy: Policy, params: Params, batches: Sequence[EpisodeBatch], lr: float
 ) -> Params:
-    """:func:`adapt_step` task by task, when the tasks' batches differ in size (``[K, ...]``
-    weights, one one-task batch each)."""
-    parts = [
-        adapt_step(policy, {k: v[i : i + 1] for k, v in params.items()}, b,
-                   advantages_of(config, b), lr)
-        for i, b in enumerate(batches)
-    ]  # fmt: skip
+    """One VPG step of ``lr`` per task from per-task weights ``[K, ...]``, each on its own
+    one-task batch (batches may differ in size), on the weights' device."""
+    device = _device_of(params)
+    parts = []
+    for i, batch in enumerate(batches):
+        batch = batch.to(device)
+        one = {k: v[i : i + 1] for k, v in params.items()}
+        parts.append(adapt_step(policy, one, batch, advantages_of(config, batch), lr))
     return {k: torch.cat([p[k] for p in parts]) for k in params}
+
+
+def _device_of(params: Params) -> torch.device:
+    return next(iter(params.values())).device
 
 
 def evaluate_rl(
@@ -194,7 +193,10 @@ def evaluate_rl(
             curve = adaptation_returns(
                 config, params, tasks, samplers[key], run_cfg, seed=eval_cfg.seed
             )
-            rows += curve_rows(curve, metric="return", method=config.method)
+            run_rows = curve_rows(curve.returns, metric="return", method=config.method)
+            for row, episodes in zip(run_rows, curve.episodes, strict=True):
+                row["episodes_per_task"] = float(episodes.mean())
+            rows += run_rows
     finally:
         for sampler in samplers.values():
             sampler.close()
