@@ -82,7 +82,7 @@ def adaptation_returns(
     step_fn = _steps_batch_step if eval_cfg.batch == "steps" else _episodes_batch_step
     returns, episodes = [], []
     for step, lr in enumerate([*step_lrs(eval_cfg, config.inner.lr), None]):
-        test = TestStep(config, policy, acting, sampler, tasks, generator, int(seeds[step]))
+        test = TestStep(sampler, acting, tasks, generator, int(seeds[step]))
         batches = step_fn(test, current)
         returns.append(np.array([b.returns.double().mean().item() for b in batches]))
         episodes.append(np.array([b.episodes_per_task for b in batches]))
@@ -101,13 +101,11 @@ class AdaptationCurve(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class TestStep:
-    """What one test step samples with: the run, its policy on the learner's device and the
-    acting one, the sampler, the tasks and the step's randomness."""
+    """What one test step samples with: the sampler, the policy it acts with, the tasks and
+    the step's randomness."""
 
-    config: RLConfig
-    policy: Policy
-    acting: Policy
     sampler: EpisodeSampler
+    acting: Policy
     tasks: Sequence[Any]
     generator: torch.Generator
     seed: int
