@@ -250,3 +250,27 @@ def test_evaluate_batch_flag(
     assert main(["evaluate", str(sine), "--batch", "steps"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "metarl evaluate: error: --batch does not apply to 'sinusoid' runs"
+
+
+def test_worker_processes_give_the_same_steps_batches() -> None:
+    """Navigation goals at the start end many episodes within a step or two: several rounds,
+    a different count per task, and the same batches when worker processes step the envs."""
+    from metarl.envs.tasks import NavigationTask
+
+    policy = GaussianMLPPolicy(obs_dim=2, act_dim=2, hidden_sizes=(8,), init_log_std=-2.0)
+    params = policy.init_params(torch.Generator().manual_seed(0))
+    tasks = [NavigationTask(goal=(0.0, 0.0)), NavigationTask(goal=(0.02, 0.0))]
+    out = {}
+    for backend in ("local", "processes"):
+        with Sampler(
+            env_id="metarl/Navigation2D-v0", num_tasks=2, episodes_per_task=3, horizon=10,
+            backend=backend, num_workers=2, normalize_actions=True,
+        ) as sampler:  # fmt: skip
+            out[backend] = sample_step_budget(
+                sampler, policy, params, tasks, generator=torch.Generator().manual_seed(0), seed=1
+            )
+    counts = [b.episodes_per_task for b in out["local"]]
+    assert counts[0] > 3 and counts[0] != counts[1]
+    for local, procs in zip(out["local"], out["processes"], strict=True):
+        assert torch.equal(local.lengths, procs.lengths)
+        assert torch.equal(local.observations, procs.observations)
