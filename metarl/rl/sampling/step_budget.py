@@ -66,7 +66,10 @@ def sample_step_budget(
     rllab's vectorized sampler collects it with ``sampler.episodes_per_task`` sub-envs.
 
     The first round is :meth:`EpisodeSampler.sample` with ``seed`` itself, so when no episode
-    ends before the horizon the batch is exactly that call's episodes.
+    ends before the horizon the batch is exactly that call's episodes. It takes at most
+    ``2 * horizon - 1`` rounds: each round adds at least one env step to every sub-env, and by
+    env step ``2 * horizon - 1`` every sub-env has ended episodes of at least ``horizon``
+    steps, which meets the budget.
     """
     budget = sampler.episodes_per_task * sampler.horizon
     rounds: list[EpisodeBatch] = []
