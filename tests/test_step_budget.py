@@ -274,3 +274,29 @@ def test_worker_processes_give_the_same_steps_batches() -> None:
     for local, procs in zip(out["local"], out["processes"], strict=True):
         assert torch.equal(local.lengths, procs.lengths)
         assert torch.equal(local.observations, procs.observations)
+
+
+def test_one_step_episodes_take_horizon_rounds_and_fill_the_budget_exactly() -> None:
+    """Every episode ends after one step: each sub-env ends one per env step, so the budget of
+    envs x horizon steps is met at step ``horizon``, after ``horizon`` rounds (the bound in
+    the docstring is 2 x horizon - 1)."""
+    policy, params = _policy()
+    calls = 0
+    with Sampler(
+        env_id="metarl_test/Coin-v0", num_tasks=2, episodes_per_task=5, horizon=12
+    ) as sampler:
+        sample = sampler.sample
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return sample(*args, **kwargs)
+
+        sampler.sample = counted  # type: ignore[method-assign]
+        batches = sample_step_budget(
+            sampler, policy, params, [StopChance(1.0)] * 2,
+            generator=torch.Generator().manual_seed(0), seed=0,
+        )  # fmt: skip
+    assert calls == 12
+    for batch in batches:
+        assert batch.episodes_per_task == 5 * 12 and bool((batch.lengths == 1).all())
