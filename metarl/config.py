@@ -277,9 +277,9 @@ class RLEvalConfig:
     num_tasks: int = bounded(40, ge=2)
     """Held-out tasks."""
     episodes_per_task: int = bounded(40, ge=1)
-    """Sub-envs per task and per gradient step: with ``batch: episodes`` the episodes of a
-    task's test batch (the paper's test batches were 4000 env steps: 40 episodes of 2-D
-    navigation, 20 of the MuJoCo tasks)."""
+    """Sub-envs per task and per gradient step: a task's test batch holds this many episodes
+    with ``batch: episodes``, and this many times ``env.horizon`` env steps with ``batch:
+    steps`` (the paper's 4000: 40 sub-envs for 2-D navigation, 20 for the MuJoCo tasks)."""
     batch: Literal["steps", "episodes"] = "steps"
     """What a task's test batch holds. ``steps``: the paper's (rllab's vectorized sampler):
     the sub-envs run episodes back to back until the episodes that have ended hold
