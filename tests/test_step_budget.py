@@ -64,13 +64,15 @@ def test_kept_episodes_are_rllabs_and_decided_once_enough_rounds_are_given(case:
     ]
     assert decided, "never decided"
     first = decided[0]
+    assert first <= 2 * horizon - 1  # the bound in sample_step_budget's docstring
     assert decided == list(range(first, len(lengths) + 1))  # once decided, stays decided
     for r in (first, first + 1, len(lengths)):
         kept = kept_episodes(lengths[:r], budget)
         assert kept is not None
         np.testing.assert_array_equal(kept, expected[:r])
         assert not expected[r:].any()
-    # at least one episode per sub-env's worth of steps, and no more than one env step's worth
+    # the kept steps meet the budget, overshooting by at most the episodes that ended at the
+    # stopping env step (one per sub-env)
     total = int(lengths[expected].sum())
     assert budget <= total < budget + envs * horizon
 
