@@ -47,7 +47,9 @@ def _random_lengths(rng: np.random.Generator, rounds: int, envs: int, horizon: i
         return rng.integers(1, horizon + 1, (rounds, envs))
     if kind == 2:  # mostly short, some full
         return np.where(
-            rng.random((rounds, envs)) < 0.7, rng.integers(1, 4, (rounds, envs)), horizon
+            rng.random((rounds, envs)) < 0.7,
+            rng.integers(1, min(4, horizon + 1), (rounds, envs)),
+            horizon,
         )
     return np.where(rng.random((rounds, envs)) < 0.2, 1, horizon)
 
