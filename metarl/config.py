@@ -320,6 +320,14 @@ class RLConfig:
     """Tasks per meta-iteration."""
     episodes_per_task: int = bounded(20, ge=1)
     """Episodes per task for adaptation and for the meta-update (the paper's fast batch)."""
+    batch: Literal["episodes", "steps"] = "episodes"
+    """What a meta-batch holds. ``episodes``: ``episodes_per_task`` episodes of every task.
+    ``steps``: the paper's meta-training sampler (rllab's vectorized sampler with one sub-env
+    per task): every task's sub-env runs episodes back to back until the episodes that have
+    ended hold ``meta_batch_size x episodes_per_task x env.horizon`` env steps in all; those
+    still running are dropped. The same batch when no episode ends early; when some do, each
+    task still runs about ``episodes_per_task x env.horizon`` steps, in more, shorter
+    episodes. Applies to the train and the valid episodes of every method."""
     gamma: float = bounded(0.99, gt=0.0, le=1.0)
     """Discount factor."""
     gae_lambda: float = bounded(1.0, ge=0.0, le=1.0)

@@ -108,6 +108,7 @@ def test_paper_configs_hold_the_papers_values(name: str) -> None:
     )
     assert (c.gamma, c.gae_lambda, c.normalize_advantages) == (0.99, 1.0, True)
     assert c.env.normalize_actions and not c.bootstrap_truncated
+    assert c.batch == "steps"  # the paper's meta-training sampler: one shared step budget
     assert c.policy.hidden_sizes == (100, 100) and c.policy.activation == "relu"
     t = c.trpo
     assert (t.max_kl, t.damping, t.cg_iters, t.hvp, t.hvp_subsample) == (
@@ -137,9 +138,10 @@ def test_paper_baseline_configs_differ_from_maml_only_where_the_paper_did(task: 
     for method in ("pretrained", "random", "oracle"):
         c = load_config(CONFIGS / f"{task}_{method}.yaml")
         assert c.method == method
-        assert (c.meta_batch_size, c.episodes_per_task, c.env) == (
+        assert (c.meta_batch_size, c.episodes_per_task, c.batch, c.env) == (
             maml.meta_batch_size,
             maml.episodes_per_task,
+            maml.batch,
             maml.env,
         )
         if method in BASELINE_EVAL_LR[task]:
@@ -227,9 +229,11 @@ def test_navigation_config_is_the_papers_point_protocol_and_the_built_in_default
     assert (c.eval.num_tasks, c.eval.episodes_per_task, c.eval.lr) == (40, 40, (0.5, 0.25))
     for method in ("pretrained", "random"):
         assert load_config(CONFIGS / f"navigation2d_{method}.yaml").eval.lr == (0.5, 0.25)
-    # the built-in default is the same, and its eval lr rule (null) gives the paper's rates
+    # the built-in default is the same but for its training batch (one episode per sub-env),
+    # and its eval lr rule (null) gives the paper's rates
     default = load_config(None)
-    assert load_config(CONFIGS / "navigation2d.yaml", ["eval.lr=null"]) == default
+    assert default.batch == "episodes"
+    assert load_config(CONFIGS / "navigation2d.yaml", ["eval.lr=null", "batch=episodes"]) == default
     from metarl.rl.evaluation import step_lrs
 
     assert step_lrs(default.eval, default.inner.lr) == [0.5, 0.25, 0.25]

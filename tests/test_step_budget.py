@@ -17,7 +17,11 @@ from metarl.rl.evaluation import adaptation_returns
 from metarl.rl.learners import make_rl_learner
 from metarl.rl.policies import GaussianMLPPolicy
 from metarl.rl.sampling.local import Sampler
-from metarl.rl.sampling.step_budget import kept_episodes, sample_step_budget
+from metarl.rl.sampling.step_budget import (
+    kept_episodes,
+    sample_shared_budget,
+    sample_step_budget,
+)
 from metarl.rngs import Rngs
 
 
@@ -304,3 +308,172 @@ def test_one_step_episodes_take_horizon_rounds_and_fill_the_budget_exactly() -> 
     assert calls == 12
     for batch in batches:
         assert batch.episodes_per_task == 5 * 12 and bool((batch.lengths == 1).all())
+
+
+# The paper's meta-training batch (``batch: steps``): one sub-env per task, one shared budget.
+
+
+def test_the_shared_budget_batch_is_the_rllab_selection_of_each_tasks_stream() -> None:
+    policy, params = _policy()
+    envs, horizon = 5, 12
+    tasks = [StopChance(p) for p in (0.0, 0.05, 0.2, 0.6)]
+    with Sampler(
+        env_id="metarl_test/Coin-v0", num_tasks=4, episodes_per_task=envs, horizon=horizon
+    ) as sampler:
+        batch = sample_shared_budget(
+            sampler, policy, params, tasks, generator=torch.Generator().manual_seed(3), seed=9
+        )
+        generator = torch.Generator().manual_seed(3)
+        rounds = [sampler.sample(policy, params, tasks, generator=generator, seed=9)]
+        while len(rounds) < 2 * horizon:
+            seed = int(np.random.SeedSequence([9, len(rounds)]).generate_state(1)[0])
+            rounds.append(sampler.sample(policy, params, tasks, generator=generator, seed=seed))
+    # task k's single sub-env runs round 0's episodes of the task, then round 1's, ...
+    streams = np.concatenate([r.lengths.reshape(4, envs).numpy() for r in rounds], axis=1).T
+    kept = rllab_loop(streams, 4 * envs * horizon)
+    counts = kept.sum(0)
+    assert batch.num_tasks == 4 and batch.episodes_per_task == counts.max()
+    np.testing.assert_array_equal(batch.episode_counts().numpy(), counts)
+    for k in range(4):
+        stream = [(r.lengths[k * envs + s], r.rewards[:, k * envs + s]) for r in rounds
+                  for s in range(envs)]  # fmt: skip
+        mine = batch.task(k)
+        chosen = [e for e, keep in zip(stream, kept[:, k], strict=True) if keep]
+        for n, (length, rewards) in enumerate(chosen):
+            assert int(mine.lengths[n]) == int(length)
+            assert torch.equal(mine.rewards[:, n], rewards[: mine.horizon])
+        assert (mine.lengths[counts[k] :] == 0).all() and (mine.mask[:, counts[k] :] == 0).all()
+    # lockstep sub-envs: every task ran about the same number of steps, within one episode
+    steps = [int(streams[kept[:, k], k].sum()) for k in range(4)]
+    assert max(steps) - min(steps) < horizon
+    assert counts[0] == envs and counts[3] > 4 * envs  # p = 0: its 5 full episodes; p = 0.6: many
+    assert batch.mean_return() == pytest.approx(float(torch.cat(
+        [r.returns.reshape(4, envs) for r in rounds], dim=1).T.numpy()[kept].mean()))  # fmt: skip
+
+
+def test_without_early_ends_the_shared_budget_batch_is_the_sampler_call() -> None:
+    policy, params = _policy()
+    with Sampler(
+        env_id="metarl_test/Coin-v0", num_tasks=3, episodes_per_task=4, horizon=12
+    ) as sampler:
+        tasks = [StopChance(0.0)] * 3
+        batch = sample_shared_budget(
+            sampler, policy, params, tasks, generator=torch.Generator().manual_seed(1), seed=2
+        )
+        call = sampler.sample(
+            policy, params, tasks, generator=torch.Generator().manual_seed(1), seed=2
+        )
+    for name in ("observations", "actions", "rewards", "mask", "lengths", "log_probs"):
+        assert torch.equal(getattr(batch, name), getattr(call, name)), name
+
+
+class NeverStopEnv(CoinEnv):
+    def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> list[StopChance]:
+        return [StopChance(0.0) for _ in range(num_tasks)]
+
+
+gym.register("metarl_test/NeverStop-v0", entry_point=NeverStopEnv, max_episode_steps=12)
+
+
+def _meta_config(env_id: str, batch: str, method: str = "maml") -> Any:
+    return load_config(
+        None,
+        [
+            "kind=rl",
+            f"method={method}",
+            f"env.id={env_id}",
+            "env.horizon=12",
+            "policy.hidden_sizes=[8]",
+            "meta_batch_size=4",
+            "episodes_per_task=3",
+            f"batch={batch}",
+        ],
+    )
+
+
+@pytest.mark.parametrize("method", ["maml", "pretrained"])
+def test_steps_training_is_episodes_training_when_no_episode_ends_early(method: str) -> None:
+    weights = {}
+    for batch in ("episodes", "steps"):
+        rngs = Rngs.from_seed(0)
+        learner = make_rl_learner(_meta_config("metarl_test/NeverStop-v0", batch, method), rngs)
+        for _ in range(2):
+            learner.step(rngs)
+        weights[batch] = learner.weights()
+        learner.close()
+    for name, w in weights["episodes"].items():
+        assert torch.equal(w, weights["steps"][name]), name
+
+
+def test_steps_training_runs_on_padded_meta_batches() -> None:
+    """Coin episodes end early at a task's own rate: the meta-batches hold a different number
+    of episodes per task (padded with empty columns), and a meta-iteration trains on them."""
+    rngs = Rngs.from_seed(0)
+    learner = make_rl_learner(_meta_config("metarl_test/Coin-v0", "steps"), rngs)
+    before = learner.weights()
+    batch, _, _ = learner.meta_batch(Rngs.from_seed(1))  # type: ignore[attr-defined]
+    counts = batch.train.episode_counts()
+    assert (counts >= 3).all() and len(set(counts.tolist())) > 1
+    assert (batch.train.lengths == 0).any()  # empty columns pad the tasks with fewer episodes
+    stats = learner.step(rngs)
+    assert stats["train_episodes"] > 3 and stats["valid_episodes"] > 3
+    assert np.isfinite(stats["pre_adapt_return"]) and np.isfinite(stats["post_adapt_return"])
+    changed = [not torch.equal(w, before[n]) for n, w in learner.weights().items()]
+    assert all(changed)
+    learner.close()
+
+
+def _coin_tasks_alone() -> tuple[list[Any], Any]:
+    """Three one-task batches of 2, 5 and 3 Coin episodes, and them padded to one batch."""
+    from metarl.rl.episodes import pad_tasks
+
+    policy, params = _policy()
+    parts = []
+    for k, (p, e) in enumerate([(0.3, 2), (0.1, 5), (0.5, 3)]):
+        with Sampler(
+            env_id="metarl_test/Coin-v0", num_tasks=1, episodes_per_task=e, horizon=12
+        ) as sampler:
+            parts.append(
+                sampler.sample(
+                    policy, params, [StopChance(p)], generator=torch.Generator().manual_seed(k),
+                    seed=k,
+                )
+            )  # fmt: skip
+    return parts, pad_tasks(parts)
+
+
+def test_empty_columns_change_no_estimate_of_a_task() -> None:
+    """Advantages (linear baseline, per-task normalization), the inner loss and the return
+    of each task are the same padded with empty columns as alone. Tolerance: the padded
+    sums add exact zeros in another order (float64 baseline solve, float32 elsewhere)."""
+    from metarl.rl.losses import compute_advantages, vpg_loss
+
+    parts, padded = _coin_tasks_alone()
+    assert padded.episodes_per_task == 5
+    np.testing.assert_array_equal(padded.episode_counts().numpy(), [2, 5, 3])
+    policy, params = _policy()
+    kw = {"gamma": 0.99, "gae_lambda": 1.0, "normalize": True, "bootstrap_truncated": True}
+    adv = compute_advantages(padded, **kw)
+    for k, part in enumerate(parts):
+        alone = compute_advantages(part, **kw)
+        mine = adv[:, k * 5 : k * 5 + part.episodes_per_task][: part.horizon]
+        torch.testing.assert_close(mine, alone, atol=1e-5, rtol=1e-5)
+        assert (adv[:, k * 5 + part.episodes_per_task : (k + 1) * 5] == 0).all()
+        loss_padded = vpg_loss(policy, params, padded.task(k), adv[:, k * 5 : (k + 1) * 5])
+        loss_alone = vpg_loss(policy, params, part, alone)
+        torch.testing.assert_close(loss_padded, loss_alone, atol=1e-6, rtol=1e-5)
+    real = torch.cat([p.returns for p in parts])
+    assert padded.mean_return() == pytest.approx(float(real.double().mean()))
+    assert float(padded.returns.mean()) != pytest.approx(padded.mean_return())
+
+
+def test_a_task_of_empty_columns_only_is_rejected() -> None:
+    from dataclasses import replace as dc_replace
+
+    _, padded = _coin_tasks_alone()
+    lengths = padded.lengths.clone()
+    lengths[:5] = 0
+    with pytest.raises(ValueError, match="every task must hold an episode of length >= 1"):
+        dc_replace(padded, lengths=lengths, mask=padded.mask * (lengths > 0))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, T="):
+        dc_replace(padded, lengths=padded.lengths - 13)

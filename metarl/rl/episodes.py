@@ -67,7 +67,10 @@ class EpisodeBatch:
         actions: ``[T, N, act_dim]`` float (continuous) or ``[T, N]`` long (discrete).
         rewards: ``[T, N]`` float, 0 on padded steps.
         mask: ``[T, N]`` float, 1.0 on real steps (a prefix of each column), 0.0 on padding.
-        lengths: ``[N]`` long, number of real steps of each episode (1 <= length <= T).
+        lengths: ``[N]`` long, number of real steps of each episode (0 <= length <= T). A
+            length of 0 is an empty column: a task with fewer episodes than
+            ``episodes_per_task`` is padded with them at its end (:func:`pad_tasks`); every
+            task holds at least one real episode.
         terminated: ``[N]`` bool, the episode reached a true terminal state (no bootstrap).
         truncated: ``[N]`` bool, the episode was cut by the time limit (bootstrapped).
             An episode that is both counts as terminated; neither is treated like truncated.
@@ -107,8 +110,16 @@ class EpisodeBatch:
 
     @property
     def returns(self) -> Tensor:
-        """Undiscounted return of each episode, ``[N]`` (for logging)."""
+        """Undiscounted return of each episode, ``[N]`` (0 for an empty column)."""
         return (self.rewards * self.mask).sum(0)
+
+    def mean_return(self) -> float:
+        """Mean undiscounted return over the real episodes (empty columns left out)."""
+        return float(self.returns[self.lengths > 0].double().mean())
+
+    def episode_counts(self) -> Tensor:
+        """Real episodes of each task, ``[num_tasks]``."""
+        return (self.lengths > 0).reshape(self.num_tasks, self.episodes_per_task).sum(1)
 
     def to(self, device: torch.device | str) -> EpisodeBatch:
         """The batch with every tensor on ``device`` (itself when they are there already)."""
@@ -224,6 +235,42 @@ def concat_episodes(parts: Sequence[EpisodeBatch]) -> EpisodeBatch:
     return _joined(parts, 1, sum(p.episodes_per_task for p in parts))
 
 
+def pad_tasks(parts: Sequence[EpisodeBatch]) -> EpisodeBatch:
+    """One-task batches with any number of episodes as one batch of ``len(parts)`` tasks, each
+    task's episodes in order and then empty columns (length 0) up to the largest count."""
+    if not parts:
+        raise ValueError("pad_tasks: no batches")
+    if any(p.num_tasks != 1 for p in parts):
+        raise ValueError("pad_tasks: every batch must hold one task")
+    width = max(p.episodes_per_task for p in parts)
+    filled = [p if p.episodes_per_task == width else _with_empty(p, width) for p in parts]
+    return _joined(filled, len(parts), width)
+
+
+def _with_empty(part: EpisodeBatch, width: int) -> EpisodeBatch:
+    """A one-task batch followed by empty columns up to ``width`` episodes."""
+    extra = width - part.episodes_per_task
+
+    def zeros(x: Tensor, dim: int) -> Tensor:
+        shape = list(x.shape)
+        shape[dim] = extra
+        return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+    return EpisodeBatch(
+        observations=zeros(part.observations, 1),
+        actions=zeros(part.actions, 1),
+        rewards=zeros(part.rewards, 1),
+        mask=zeros(part.mask, 1),
+        lengths=zeros(part.lengths, 0),
+        terminated=torch.cat([part.terminated, part.terminated.new_ones(extra)]),
+        truncated=zeros(part.truncated, 0),
+        last_observations=zeros(part.last_observations, 0),
+        log_probs=zeros(part.log_probs, 1),
+        num_tasks=1,
+        episodes_per_task=width,
+    )
+
+
 def _joined(parts: Sequence[EpisodeBatch], num_tasks: int, episodes_per_task: int) -> EpisodeBatch:
     """The episodes of ``parts`` side by side (columns in order), padded to the longest ``T``."""
     horizon = max(p.horizon for p in parts)
@@ -302,8 +349,10 @@ def _validate_shapes(b: EpisodeBatch) -> None:
 
 def _validate_mask(b: EpisodeBatch) -> None:
     t = b.horizon
-    if bool(((b.lengths < 1) | (b.lengths > t)).any()):
-        raise ValueError(f"EpisodeBatch: lengths must lie in [1, T={t}], got {b.lengths.tolist()}")
+    if bool(((b.lengths < 0) | (b.lengths > t)).any()):
+        raise ValueError(f"EpisodeBatch: lengths must lie in [0, T={t}], got {b.lengths.tolist()}")
+    if bool((b.lengths.reshape(b.num_tasks, -1).amax(1) < 1).any()):
+        raise ValueError("EpisodeBatch: every task must hold an episode of length >= 1")
     steps = torch.arange(t, device=b.mask.device).unsqueeze(1)
     expected = (steps < b.lengths.unsqueeze(0)).to(b.mask.dtype)
     if not torch.equal(b.mask, expected):

@@ -36,7 +36,9 @@ from metarl.rl.policies import (
     PolicySpec,
 )
 from metarl.rl.sampling import make_sampler
+from metarl.rl.sampling.base import EpisodeSampler
 from metarl.rl.sampling.envs import make_env
+from metarl.rl.sampling.step_budget import sample_shared_budget
 from metarl.rl.trpo import trpo_step
 from metarl.rngs import Rngs
 from metarl.tasks import TaskEnv
@@ -168,8 +170,9 @@ class PolicyLearner:
         """Episodes of ``tasks`` acting with ``params`` (per-task weights ``[K, ...]`` when
         ``per_task``): the weights go to the sampler's CPU once, the episodes to the
         learner's device once."""
-        batch = self.sampler.sample(
-            self._acting, to_cpu(params), tasks, generator=rngs.torch, seed=seed,
+        sample = sample_shared_budget if self.config.batch == "steps" else _sampler_call
+        batch = sample(
+            self.sampler, self._acting, to_cpu(params), tasks, generator=rngs.torch, seed=seed,
             per_task_params=per_task,
         )  # fmt: skip
         return batch.to(self.device)
@@ -210,7 +213,7 @@ class RandomInitLearner(PolicyLearner):
 
     def step(self, rngs: Rngs) -> dict[str, float]:
         _, episodes = self.sample_with_theta(rngs)
-        return {"pre_adapt_return": float(episodes.returns.mean())}
+        return {"pre_adapt_return": episodes.mean_return()}
 
 
 class TRPOLearner(PolicyLearner):
@@ -242,7 +245,7 @@ class TRPOLearner(PolicyLearner):
                 curvature_kl_fn=curvature_kl_fn if e < batch.episodes_per_task else None,
             )  # fmt: skip
         return {
-            "pre_adapt_return": float(batch.returns.mean()),
+            "pre_adapt_return": batch.mean_return(),
             **{f"trpo/{k}": v for k, v in stats.as_dict().items()},
         }
 
@@ -291,13 +294,36 @@ class MAMLTRPOLearner(PolicyLearner):
                 self.policy, self.params, batch, self.config.trpo, adaptation=adaptation
             )
         t_trpo = self._seconds_since(clock)
+        counts = {}
+        if self.config.batch == "steps":  # episodes per task vary: their mean over the tasks
+            counts = {
+                "train_episodes": float(batch.train.episode_counts().double().mean()),
+                "valid_episodes": float(batch.valid.episode_counts().double().mean()),
+            }
         return {
-            "pre_adapt_return": float(batch.train.returns.mean()),
-            "post_adapt_return": float(batch.valid.returns.mean()),
+            "pre_adapt_return": batch.train.mean_return(),
+            "post_adapt_return": batch.valid.mean_return(),
+            **counts,
             **{f"trpo/{k}": v for k, v in trpo_stats.as_dict().items()},
             **seconds,
             "time/trpo_s": t_trpo,
         }
+
+
+def _sampler_call(
+    sampler: EpisodeSampler,
+    policy: Policy,
+    params: Params,
+    tasks: list[Any],
+    *,
+    generator: torch.Generator,
+    seed: int,
+    per_task_params: bool = False,
+) -> EpisodeBatch:
+    """``episodes_per_task`` episodes of every task: one :meth:`EpisodeSampler.sample` call."""
+    return sampler.sample(
+        policy, params, tasks, generator=generator, seed=seed, per_task_params=per_task_params
+    )
 
 
 LEARNERS: dict[str, type[PolicyLearner]] = {

@@ -1,4 +1,4 @@
-"""Test batches of a fixed number of env steps, collected the way the paper's code did.
+"""Batches of a fixed number of env steps, collected the way the paper's code did.
 
 rllab's vectorized sampler (``sandbox/rocky/tf/samplers/vectorized_sampler.py`` in
 cbfinn/maml_rl), which the paper's test scripts used, runs ``batch_size / max_path_length``
@@ -13,6 +13,12 @@ that is still running at the stop is more likely a long one.
 call ``r`` gives every sub-env its ``r``-th episode, and :func:`kept_episodes` keeps the
 episodes rllab's loop would have kept, sampling more rounds until that is decided for every
 task. The episodes of a task are i.i.d., so the batch has the distribution of rllab's.
+
+The paper's meta-training ran the same sampler with one sub-env per task and a budget of
+``meta_batch_size x fast_batch_size x max_path_length`` env steps shared by all tasks
+(``BatchMAMLPolopt``); :func:`sample_shared_budget` reproduces that batch. Sub-envs step in
+lockstep, so every task runs about the same number of env steps, and a task whose episodes end
+early gets more of them.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl.rl.episodes import EpisodeBatch, concat_episodes
+from metarl.rl.episodes import EpisodeBatch, concat_episodes, pad_tasks
 from metarl.rl.policies import Params, Policy
 from metarl.rl.sampling.base import EpisodeSampler
 
@@ -83,6 +89,46 @@ def sample_step_budget(
         kept = _kept_per_task(rounds, budget)
         if kept is not None:
             return [_task_batch(rounds, k, mask) for k, mask in enumerate(kept)]
+
+
+def sample_shared_budget(
+    sampler: EpisodeSampler,
+    policy: Policy,
+    params: Params,
+    tasks: Sequence[Any],
+    *,
+    generator: torch.Generator,
+    seed: int,
+    per_task_params: bool = False,
+) -> EpisodeBatch:
+    """The paper's meta-training batch: one sub-env per task running episodes back to back,
+    until the episodes that ended hold ``len(tasks) * sampler.episodes_per_task *
+    sampler.horizon`` env steps in all; episodes still running are dropped.
+
+    A task's sub-env runs the episodes of its ``episodes_per_task`` sub-envs in round 0, then
+    those of round 1, and so on (its episodes are i.i.d., so the order is immaterial). The
+    result has one column per episode of the task with the most, the other tasks padded with
+    empty columns (:func:`~metarl.rl.episodes.pad_tasks`). When no episode ends before the
+    horizon it is exactly the round-0 call: ``episodes_per_task`` full episodes per task. At
+    most ``2 * horizon - 1`` rounds, as :func:`sample_step_budget`.
+    """
+    num_tasks, envs = len(tasks), sampler.episodes_per_task
+    budget = num_tasks * envs * sampler.horizon
+    rounds: list[EpisodeBatch] = []
+    while True:
+        round_seed = seed if not rounds else _round_seed(seed, len(rounds))
+        batch = sampler.sample(
+            policy, params, tasks, generator=generator, seed=round_seed,
+            per_task_params=per_task_params,
+        )  # fmt: skip
+        if not rounds and not bool((batch.lengths < sampler.horizon).any()):
+            return batch  # every episode ran to the horizon: the budget is exactly filled
+        rounds.append(batch)
+        streams = torch.cat([b.lengths.reshape(num_tasks, envs) for b in rounds], dim=1)
+        kept = kept_episodes(streams.T.numpy(), budget)
+        if kept is not None:
+            per_round = kept.T.reshape(num_tasks, len(rounds), envs)
+            return pad_tasks([_task_batch(rounds, k, per_round[k]) for k in range(num_tasks)])
 
 
 def _round_seed(seed: int, r: int) -> int:
