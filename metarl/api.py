@@ -28,14 +28,14 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.config import ConfigError, RLConfig, SamplerConfig, load_config, with_overrides
+from metarl.config import ConfigError, RLConfig, SamplerConfig, with_overrides
 from metarl.experiments import KINDS, EvalOptions, EvalResult
 from metarl.rl.evaluation import adapt_step, step_lrs
 from metarl.rl.learners import advantages_of, make_policy, task_env
 from metarl.rl.policies import Params, Policy
 from metarl.rl.sampling import make_sampler
 from metarl.rl.sampling.envs import make_env
-from metarl.trainer import Checkpoint, Trainer, load_checkpoint, train_config_path
+from metarl.trainer import Checkpoint, Trainer, load_checkpoint, load_train_config
 
 __all__ = ["Run", "TrainedPolicy", "evaluate", "load_policy", "load_run", "train"]
 
@@ -76,7 +76,7 @@ def train(
     INFO); off by default.
     """
     if config is None or isinstance(config, str | Path):
-        cfg = load_config(train_config_path(config, out, resume), overrides)
+        cfg = load_train_config(config, out, resume, overrides)
     else:
         cfg = with_overrides(config, overrides)
     kind = KINDS[cfg.kind]

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from metarl.config import ConfigError, config_from_dict, load_config, read_yaml
+from metarl.config import ConfigError, config_from_dict, load_config, read_yaml, saved_config_data
 from metarl.errors import RunDirError, StepError
 from metarl.evaluation import figure_format, plot_learning_curves
 from metarl.experiments import KINDS, EvalOptions, EvalResult
@@ -30,10 +30,10 @@ from metarl.trainer import (
     check_output_file,
     deferred_signals,
     load_checkpoint,
+    load_train_config,
     make_dirs,
     remove_dirs,
     stop_signals,
-    train_config_path,
 )
 
 log = logging.getLogger("metarl")
@@ -179,9 +179,7 @@ def _exit_code(err: KeyboardInterrupt) -> int:
 
 def cmd_train(args: argparse.Namespace) -> None:
     device = [f"device={args.device}"] if args.device else []
-    config = load_config(
-        train_config_path(args.config, args.out, args.resume), [*args.overrides, *device]
-    )
+    config = load_train_config(args.config, args.out, args.resume, [*args.overrides, *device])
     kind = KINDS[config.kind]
     trainer = Trainer(
         config=config,
@@ -324,7 +322,7 @@ def _run_config(run_dir: Path) -> Any:
     are drawn all the same)."""
     path = run_dir / CONFIG
     try:
-        return config_from_dict(read_yaml(path)) if path.is_file() else None
+        return config_from_dict(saved_config_data(read_yaml(path))) if path.is_file() else None
     except ConfigError:
         return None
 
@@ -345,10 +343,10 @@ def cmd_config(args: argparse.Namespace) -> None:
     if args.config_command == "docs":
         print(config_reference(), end="")
         return
-    path = args.config
+    path, saved = args.config, False
     if path is not None and Path(path).is_dir():  # a run directory: the config it ran with
-        path = Path(path) / CONFIG
-    print(describe_config(load_config(path, args.overrides)), end="")
+        path, saved = Path(path) / CONFIG, True
+    print(describe_config(load_config(path, args.overrides, saved=saved)), end="")
 
 
 USER_ERRORS = (ConfigError, CheckpointError, TrainingError, StepError, RunDirError)

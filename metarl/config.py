@@ -320,14 +320,15 @@ class RLConfig:
     """Tasks per meta-iteration."""
     episodes_per_task: int = bounded(20, ge=1)
     """Episodes per task for adaptation and for the meta-update (the paper's fast batch)."""
-    batch: Literal["episodes", "steps"] = "episodes"
-    """What a meta-batch holds. ``episodes``: ``episodes_per_task`` episodes of every task.
-    ``steps``: the paper's meta-training sampler (rllab's vectorized sampler with one sub-env
-    per task): every task's sub-env runs episodes back to back until the episodes that have
-    ended hold ``meta_batch_size x episodes_per_task x env.horizon`` env steps in all; those
-    still running are dropped. The same batch when no episode ends early; when some do, each
-    task still runs about ``episodes_per_task x env.horizon`` steps, in more, shorter
-    episodes. Applies to the train and the valid episodes of every method."""
+    batch: Literal["steps", "episodes"] = "steps"
+    """What a meta-batch holds. ``steps``: the paper's meta-training sampler (rllab's vectorized
+    sampler with one sub-env per task): every task's sub-env runs episodes back to back until
+    the episodes that have ended hold ``meta_batch_size x episodes_per_task x env.horizon`` env
+    steps in all; those still running are dropped. ``episodes``: ``episodes_per_task``
+    episodes of every task (one per sub-env). The same batch when no episode ends early; when
+    some do, ``steps`` still gives each task about ``episodes_per_task x env.horizon`` steps,
+    in more, shorter episodes. Applies to the train and the valid episodes of every method. A
+    run saved without this key predates it and resumes with ``episodes``."""
     gamma: float = bounded(0.99, gt=0.0, le=1.0)
     """Discount factor."""
     gae_lambda: float = bounded(1.0, ge=0.0, le=1.0)
@@ -747,10 +748,31 @@ def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Any:
-    """Load a config from YAML (or the built-in default when ``path`` is None) plus overrides."""
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), *, saved: bool = False
+) -> Any:
+    """Load a config from YAML (or the built-in default when ``path`` is None) plus overrides.
+
+    ``saved``: the file is a run's own ``config.yaml``; a key it lacks because the run predates
+    the key takes the value that meant the run's behaviour (:data:`SAVED_BEFORE_KEY`)."""
     data = read_config_file(path) if path is not None else {}
+    if saved:
+        data = saved_config_data(data)
     return config_from_dict(apply_overrides(data, overrides))
+
+
+SAVED_BEFORE_KEY: dict[str, dict[str, Any]] = {"rl": {"batch": "episodes"}}
+"""Per config kind, keys added after runs were saved, with the value that gives a run saved
+without the key the behaviour it was trained with. A run directory's ``config.yaml`` and a
+checkpoint hold every key of their time, so a key missing there means the run predates it."""
+
+
+def saved_config_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config's mapping with the keys it predates set as :data:`SAVED_BEFORE_KEY` says."""
+    out = dict(data)
+    for key, value in SAVED_BEFORE_KEY.get(str(out.get("kind", DEFAULT_KIND)), {}).items():
+        out.setdefault(key, value)
+    return out
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

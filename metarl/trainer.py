@@ -20,7 +20,15 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from metarl.config import ConfigError, config_diff, config_from_dict, config_to_dict, save_config
+from metarl.config import (
+    ConfigError,
+    config_diff,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    save_config,
+    saved_config_data,
+)
 from metarl.errors import RunDirError, StepError, replacing, write_failure
 from metarl.loggers import (
     CSVLogger,
@@ -385,7 +393,7 @@ def _read_checkpoint(path: Path) -> Checkpoint:
             f"{str(path)!r} is not a metarl checkpoint (no {', '.join(missing) or 'config'})"
         )
     try:
-        config = config_from_dict(payload["config"])
+        config = config_from_dict(saved_config_data(payload["config"]))
     except ConfigError as err:
         raise CheckpointError(f"checkpoint {str(path)!r} holds an invalid config: {err}") from None
     return Checkpoint(
@@ -734,3 +742,13 @@ def train_config_path(
     if config is None and resume and (Path(out) / CONFIG).is_file():
         return Path(out) / CONFIG
     return config
+
+
+def load_train_config(
+    config: str | Path | None, out: str | Path, resume: bool, overrides: Sequence[str]
+) -> Any:
+    """The config of a train command (:func:`train_config_path`) with its overrides; a run's
+    own ``config.yaml`` is read as saved (:func:`metarl.config.load_config`)."""
+    path = train_config_path(config, out, resume)
+    saved = path is not None and config is None
+    return load_config(path, overrides, saved=saved)

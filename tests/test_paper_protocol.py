@@ -229,11 +229,9 @@ def test_navigation_config_is_the_papers_point_protocol_and_the_built_in_default
     assert (c.eval.num_tasks, c.eval.episodes_per_task, c.eval.lr) == (40, 40, (0.5, 0.25))
     for method in ("pretrained", "random"):
         assert load_config(CONFIGS / f"navigation2d_{method}.yaml").eval.lr == (0.5, 0.25)
-    # the built-in default is the same but for its training batch (one episode per sub-env),
-    # and its eval lr rule (null) gives the paper's rates
+    # the built-in default is the same, and its eval lr rule (null) gives the paper's rates
     default = load_config(None)
-    assert default.batch == "episodes"
-    assert load_config(CONFIGS / "navigation2d.yaml", ["eval.lr=null", "batch=episodes"]) == default
+    assert load_config(CONFIGS / "navigation2d.yaml", ["eval.lr=null"]) == default
     from metarl.rl.evaluation import step_lrs
 
     assert step_lrs(default.eval, default.inner.lr) == [0.5, 0.25, 0.25]

@@ -477,3 +477,40 @@ def test_a_task_of_empty_columns_only_is_rejected() -> None:
         dc_replace(padded, lengths=lengths, mask=padded.mask * (lengths > 0))
     with pytest.raises(ValueError, match=r"lengths must lie in \[0, T="):
         dc_replace(padded, lengths=padded.lengths - 13)
+
+
+def test_a_run_saved_before_the_batch_key_resumes_with_the_episodes_it_was_trained_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run directory whose config.yaml and checkpoint lack ``batch`` (saved by a version
+    before the key) continues with ``episodes`` whatever the default; the same run with the
+    key stated resumes to the same weights."""
+    import yaml
+
+    from metarl.trainer import load_checkpoint
+
+    def train(out: Path, *more: str) -> int:
+        args = ["train", "--out", str(out), "--no-progress", "--set", "kind=rl"]
+        args += ["--set", "env.id=metarl_test/Coin-v0", "--set", "env.horizon=12"]
+        args += ["--set", "policy.hidden_sizes=[8]", "--set", "meta_batch_size=2"]
+        args += ["--set", "episodes_per_task=2", "--set", "batch=episodes"]
+        return main([*args, *more])
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    for run in (old, new):
+        assert train(run, "--set", "iterations=1") == 0
+    # make ``old`` look saved before the key: drop it from its config.yaml and checkpoint
+    cfg = yaml.safe_load((old / "config.yaml").read_text())
+    del cfg["batch"]
+    (old / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    payload = torch.load(old / "checkpoint.pt", weights_only=False)
+    del payload["config"]["batch"]
+    torch.save(payload, old / "checkpoint.pt")
+    assert load_checkpoint(old).config.batch == "episodes"
+    assert main(["config", "show", str(old)]) == 0
+    assert "batch: episodes" in capsys.readouterr().out
+    resume = ["--resume", "--set", "iterations=2"]
+    assert main(["train", "--out", str(old), "--no-progress", *resume]) == 0
+    assert main(["train", "--out", str(new), "--no-progress", *resume]) == 0
+    for name, w in load_checkpoint(old).learner["params"].items():
+        assert torch.equal(w, load_checkpoint(new).learner["params"][name]), name
