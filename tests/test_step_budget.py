@@ -13,6 +13,7 @@ import torch
 
 from metarl.cli import main
 from metarl.config import load_config
+from metarl.rl.episodes import EpisodeBatch
 from metarl.rl.evaluation import adaptation_returns
 from metarl.rl.learners import make_rl_learner
 from metarl.rl.policies import GaussianMLPPolicy
@@ -137,6 +138,18 @@ def _policy() -> tuple[GaussianMLPPolicy, dict[str, torch.Tensor]]:
     return policy, policy.init_params(torch.Generator().manual_seed(0))
 
 
+def _rounds_by_hand(sampler: Sampler, tasks: list[StopChance], n: int) -> list[Any]:
+    """``n`` sampler calls as the step-budget functions make them with generator seed 3 and
+    seed 9: round 0 with the seed itself, then seeds derived from (9, r)."""
+    policy, params = _policy()
+    generator = torch.Generator().manual_seed(3)
+    rounds = [sampler.sample(policy, params, tasks, generator=generator, seed=9)]
+    while len(rounds) < n:
+        seed = int(np.random.SeedSequence([9, len(rounds)]).generate_state(1)[0])
+        rounds.append(sampler.sample(policy, params, tasks, generator=generator, seed=seed))
+    return rounds
+
+
 def test_a_task_batch_is_the_rllab_selection_of_the_rounds_episodes() -> None:
     policy, params = _policy()
     envs, horizon = 5, 12
@@ -147,12 +160,7 @@ def test_a_task_batch_is_the_rllab_selection_of_the_rounds_episodes() -> None:
         batches = sample_step_budget(
             sampler, policy, params, tasks, generator=torch.Generator().manual_seed(3), seed=9
         )
-        # the same calls made by hand: round 0 with the seed itself, then derived seeds
-        generator = torch.Generator().manual_seed(3)
-        rounds = [sampler.sample(policy, params, tasks, generator=generator, seed=9)]
-        while len(rounds) < 4 * horizon:
-            seed = int(np.random.SeedSequence([9, len(rounds)]).generate_state(1)[0])
-            rounds.append(sampler.sample(policy, params, tasks, generator=generator, seed=seed))
+        rounds = _rounds_by_hand(sampler, tasks, 4 * horizon)
     for k, batch in enumerate(batches):
         lengths = np.stack([r.lengths.reshape(4, envs)[k].numpy() for r in rounds])
         kept = rllab_loop(lengths, envs * horizon)
@@ -166,18 +174,22 @@ def test_a_task_batch_is_the_rllab_selection_of_the_rounds_episodes() -> None:
     assert counts[0] == envs and counts[3] > 4 * envs  # p = 0: the call itself; p = 0.6: many
 
 
-def test_without_early_ends_the_batch_is_the_sampler_call_itself() -> None:
+@pytest.mark.parametrize("shared", [False, True])
+def test_without_early_ends_the_batch_is_the_sampler_call_itself(shared: bool) -> None:
+    """Both the per-task budget (test) and the shared one (training)."""
     policy, params = _policy()
     with Sampler(
         env_id="metarl_test/Coin-v0", num_tasks=3, episodes_per_task=4, horizon=12
     ) as sampler:
         tasks = [StopChance(0.0)] * 3
-        batches = sample_step_budget(
+        sample = sample_shared_budget if shared else sample_step_budget
+        out = sample(
             sampler, policy, params, tasks, generator=torch.Generator().manual_seed(1), seed=2
         )
         call = sampler.sample(
             policy, params, tasks, generator=torch.Generator().manual_seed(1), seed=2
         )
+    batches = [out.task(k) for k in range(3)] if isinstance(out, EpisodeBatch) else out
     for k, batch in enumerate(batches):
         expected = call.task(k)
         for name in ("observations", "actions", "rewards", "mask", "lengths", "log_probs"):
@@ -323,11 +335,7 @@ def test_the_shared_budget_batch_is_the_rllab_selection_of_each_tasks_stream() -
         batch = sample_shared_budget(
             sampler, policy, params, tasks, generator=torch.Generator().manual_seed(3), seed=9
         )
-        generator = torch.Generator().manual_seed(3)
-        rounds = [sampler.sample(policy, params, tasks, generator=generator, seed=9)]
-        while len(rounds) < 2 * horizon:
-            seed = int(np.random.SeedSequence([9, len(rounds)]).generate_state(1)[0])
-            rounds.append(sampler.sample(policy, params, tasks, generator=generator, seed=seed))
+        rounds = _rounds_by_hand(sampler, tasks, 2 * horizon)
     # task k's single sub-env runs round 0's episodes of the task, then round 1's, ...
     streams = np.concatenate([r.lengths.reshape(4, envs).numpy() for r in rounds], axis=1).T
     kept = rllab_loop(streams, 4 * envs * horizon)
@@ -349,22 +357,6 @@ def test_the_shared_budget_batch_is_the_rllab_selection_of_each_tasks_stream() -
     assert counts[0] == envs and counts[3] > 4 * envs  # p = 0: its 5 full episodes; p = 0.6: many
     assert batch.mean_return() == pytest.approx(float(torch.cat(
         [r.returns.reshape(4, envs) for r in rounds], dim=1).T.numpy()[kept].mean()))  # fmt: skip
-
-
-def test_without_early_ends_the_shared_budget_batch_is_the_sampler_call() -> None:
-    policy, params = _policy()
-    with Sampler(
-        env_id="metarl_test/Coin-v0", num_tasks=3, episodes_per_task=4, horizon=12
-    ) as sampler:
-        tasks = [StopChance(0.0)] * 3
-        batch = sample_shared_budget(
-            sampler, policy, params, tasks, generator=torch.Generator().manual_seed(1), seed=2
-        )
-        call = sampler.sample(
-            policy, params, tasks, generator=torch.Generator().manual_seed(1), seed=2
-        )
-    for name in ("observations", "actions", "rewards", "mask", "lengths", "log_probs"):
-        assert torch.equal(getattr(batch, name), getattr(call, name)), name
 
 
 class NeverStopEnv(CoinEnv):

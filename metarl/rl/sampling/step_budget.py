@@ -23,7 +23,8 @@ early gets more of them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -78,17 +79,12 @@ def sample_step_budget(
     steps, which meets the budget.
     """
     budget = sampler.episodes_per_task * sampler.horizon
-    rounds: list[EpisodeBatch] = []
-    while True:
-        round_seed = seed if not rounds else _round_seed(seed, len(rounds))
-        batch = sampler.sample(
-            policy, params, tasks, generator=generator, seed=round_seed,
-            per_task_params=per_task_params,
-        )  # fmt: skip
-        rounds.append(batch)
+    call = partial(sampler.sample, policy, params, tasks, per_task_params=per_task_params)
+    for rounds in _rounds(call, generator, seed):
         kept = _kept_per_task(rounds, budget)
         if kept is not None:
             return [_task_batch(rounds, k, mask) for k, mask in enumerate(kept)]
+    raise AssertionError("unreachable: _rounds never ends")
 
 
 def sample_shared_budget(
@@ -114,21 +110,29 @@ def sample_shared_budget(
     """
     num_tasks, envs = len(tasks), sampler.episodes_per_task
     budget = num_tasks * envs * sampler.horizon
-    rounds: list[EpisodeBatch] = []
-    while True:
-        round_seed = seed if not rounds else _round_seed(seed, len(rounds))
-        batch = sampler.sample(
-            policy, params, tasks, generator=generator, seed=round_seed,
-            per_task_params=per_task_params,
-        )  # fmt: skip
-        if not rounds and not bool((batch.lengths < sampler.horizon).any()):
-            return batch  # every episode ran to the horizon: the budget is exactly filled
-        rounds.append(batch)
+    call = partial(sampler.sample, policy, params, tasks, per_task_params=per_task_params)
+    for rounds in _rounds(call, generator, seed):
+        if len(rounds) == 1 and not bool((rounds[0].lengths < sampler.horizon).any()):
+            return rounds[0]  # every episode ran to the horizon: the budget is exactly filled
         streams = torch.cat([b.lengths.reshape(num_tasks, envs) for b in rounds], dim=1)
         kept = kept_episodes(streams.T.numpy(), budget)
         if kept is not None:
             per_round = kept.T.reshape(num_tasks, len(rounds), envs)
             return pad_tasks([_task_batch(rounds, k, per_round[k]) for k in range(num_tasks)])
+    raise AssertionError("unreachable: _rounds never ends")
+
+
+def _rounds(
+    call: Callable[..., EpisodeBatch], generator: torch.Generator, seed: int
+) -> Iterator[list[EpisodeBatch]]:
+    """The rounds sampled so far, one more each time: round 0 is ``call`` with ``seed``
+    itself, round ``r`` with a seed derived from ``(seed, r)``; the actions all come from
+    ``generator``."""
+    rounds: list[EpisodeBatch] = []
+    while True:
+        round_seed = seed if not rounds else _round_seed(seed, len(rounds))
+        rounds.append(call(generator=generator, seed=round_seed))
+        yield rounds
 
 
 def _round_seed(seed: int, r: int) -> int:
