@@ -304,9 +304,10 @@ class RLConfig:
     kind: Literal["rl"] = "rl"
     """Experiment type."""
     method: Literal["maml", "pretrained", "random", "oracle"] = "maml"
-    """``maml``: MAML-TRPO. The paper's baselines: ``pretrained`` (TRPO on tasks of the
-    distribution, no adaptation), ``random`` (the initial weights, untrained), ``oracle``
-    (TRPO with the task appended to the observation)."""
+    """``maml``: MAML-TRPO. The paper's baselines: ``pretrained`` (trained on tasks of the
+    distribution, no adaptation; TRPO, or Adam: ``optimizer``), ``random`` (the initial
+    weights, untrained), ``oracle`` (the same training with the task appended to the
+    observation)."""
     seed: int = bounded(0, ge=0)
     """Seed of every random stream of the run."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -329,6 +330,14 @@ class RLConfig:
     some do, ``steps`` still gives each task about ``episodes_per_task x env.horizon`` steps,
     in more, shorter episodes. Applies to the train and the valid episodes of every method. A
     run saved without this key predates it and resumes with ``episodes``."""
+    optimizer: Literal["trpo", "adam"] = "trpo"
+    """The update of the ``pretrained`` and ``oracle`` baselines. ``trpo``: a TRPO step
+    (``trpo.*``). ``adam``: one full-batch Adam step per iteration on the policy-gradient loss
+    of the tasks' episodes, learning rate ``adam_lr``: the paper's 2-D navigation
+    ``pretrained`` baseline (MAML's code with ``use_maml=False``: rllab's first-order optimizer,
+    Adam at 1e-3, one epoch of one batch). ``maml`` meta-trains with TRPO only."""
+    adam_lr: float = bounded(1e-3, gt=0.0)
+    """Learning rate of ``optimizer: adam`` (betas 0.9 and 0.999, eps 1e-8)."""
     gamma: float = bounded(0.99, gt=0.0, le=1.0)
     """Discount factor."""
     gae_lambda: float = bounded(1.0, ge=0.0, le=1.0)
@@ -664,7 +673,13 @@ def config_from_dict(data: Mapping[str, Any]) -> Any:
     kind = data.get("kind", DEFAULT_KIND)
     if kind not in CONFIG_KINDS:
         raise _bad("kind", kind, f"one of {', '.join(map(repr, CONFIG_KINDS))}")
-    return _build(CONFIG_KINDS[kind], data)
+    config = _build(CONFIG_KINDS[kind], data)
+    if isinstance(config, RLConfig) and config.optimizer != "trpo" and config.method == "maml":
+        raise ConfigError(
+            f"optimizer: {config.optimizer} updates the pretrained and oracle baselines; "
+            "method maml meta-trains with TRPO (optimizer: trpo)"
+        )
+    return config
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

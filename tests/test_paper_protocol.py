@@ -151,6 +151,16 @@ def test_paper_baseline_configs_differ_from_maml_only_where_the_paper_did(task: 
             maml.eval.batch,
         )
     assert load_config(CONFIGS / f"{task}_random.yaml").iterations == 1
+    # The paper's MuJoCo baselines were trained with TRPO (cluster_trpo_*.py).
+    assert load_config(CONFIGS / f"{task}_pretrained.yaml").optimizer == "trpo"
+    assert load_config(CONFIGS / f"{task}_oracle.yaml").optimizer == "trpo"
+
+
+def test_navigation_pretrained_takes_the_papers_adam_step() -> None:
+    """MAML's code with use_maml=False, whose optimizer is one full-batch Adam step at 1e-3
+    per iteration (the pretrained policy test_maml_point.py evaluates)."""
+    c = load_config(CONFIGS / "navigation2d_pretrained.yaml")
+    assert (c.optimizer, c.adam_lr, c.iterations) == ("adam", 1e-3, 100)
 
 
 # --------------------------------------------------------------------------- advantages

@@ -17,8 +17,9 @@ import torch
 
 from metarl.config import ConfigError, RLConfig
 from metarl.devices import cpu_copy, resolve_device, synchronize, to_cpu, to_device
+from metarl.optim import restore_weights_and_optimizer
 from metarl.rl.episodes import EpisodeBatch, episode_columns
-from metarl.rl.losses import compute_advantages, masked_mean, surrogate_loss
+from metarl.rl.losses import compute_advantages, masked_mean, surrogate_loss, task_mean_vpg_loss
 from metarl.rl.maml_trpo import (
     MetaBatch,
     TaskAdaptation,
@@ -250,6 +251,48 @@ class TRPOLearner(PolicyLearner):
         }
 
 
+class AdamLearner(PolicyLearner):
+    """The ``pretrained`` or ``oracle`` baseline with ``optimizer: adam``: one full-batch Adam
+    step per iteration on the tasks' policy-gradient loss (mean over tasks of each task's mean),
+    as the paper's 2-D navigation pretrained baseline was trained (MAML's code with
+    ``use_maml=False``). The checkpoint holds the optimizer's moments, so a run resumes
+    exactly."""
+
+    def __init__(self, config: RLConfig, rngs: Rngs) -> None:
+        super().__init__(config, rngs)
+        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=config.adam_lr)
+
+    def step(self, rngs: Rngs) -> dict[str, float]:
+        _, batch = self.sample_with_theta(rngs)
+        adv = self.advantages(batch)
+
+        def loss_fn(p: Params) -> torch.Tensor:
+            return task_mean_vpg_loss(self.policy, p, batch, adv)
+
+        with torch_threads(self.config.learner_threads):
+            grads, loss = torch.func.grad_and_value(loss_fn)(self.params)
+            for name, param in self.params.items():
+                param.grad = grads[name]
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        grad_norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads.values()))
+        return {
+            "pre_adapt_return": batch.mean_return(),
+            "adam/loss": float(loss),
+            "adam/grad_norm": float(grad_norm),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"params": self.weights(), "optimizer": cpu_copy(self.optimizer.state_dict())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "optimizer" not in state:
+            raise ConfigError(
+                "the checkpoint holds no Adam state: its run was trained with optimizer: trpo"
+            )
+        restore_weights_and_optimizer(self.params, self.optimizer, state, self.config.adam_lr)
+
+
 class MAMLTRPOLearner(PolicyLearner):
     """Meta-trains a policy with MAML-TRPO; ``step`` is one meta-iteration."""
 
@@ -336,5 +379,7 @@ LEARNERS: dict[str, type[PolicyLearner]] = {
 
 
 def make_rl_learner(config: RLConfig, rngs: Rngs) -> PolicyLearner:
-    """The learner for ``config.method``."""
+    """The learner for ``config.method`` (and, for the trained baselines, ``config.optimizer``)."""
+    if config.optimizer == "adam" and config.method in ("pretrained", "oracle"):
+        return AdamLearner(config, rngs)
     return LEARNERS[config.method](config, rngs)

@@ -85,6 +85,19 @@ def vpg_loss(policy: Policy, params: Params, episodes: StepData, advantages: Ten
     return -masked_mean(log_probs * advantages, episodes.mask)
 
 
+def task_mean_vpg_loss(
+    policy: Policy, params: Params, episodes: EpisodeBatch, advantages: Tensor
+) -> Tensor:
+    """REINFORCE loss averaged per task, then over tasks: ``-mean_k mean_{masked, task k}
+    log pi(a|s) A`` (the paper's multi-task loss; :func:`vpg_loss` when every task has as many
+    real steps)."""
+    log_probs = policy.log_prob(params, episodes.observations, episodes.actions)
+    k = episodes.num_tasks
+    terms = torch.where(episodes.mask > 0, log_probs * advantages, torch.zeros_like(log_probs))
+    per_task = split_tasks(terms, k).sum(dim=(1, 2)) / split_tasks(episodes.mask, k).sum(dim=(1, 2))
+    return -per_task.mean()
+
+
 def surrogate_loss(
     policy: Policy, params: Params, episodes: StepData, advantages: Tensor
 ) -> Tensor:

@@ -23,8 +23,8 @@ from metarl.adaptation import Params, adapt
 from metarl.config import ConfigError, InnerLoopConfig, OmniglotConfig, OmniglotEvalConfig
 from metarl.devices import cpu_copy, resolve_device, to_device
 from metarl.evaluation import curve_rows
+from metarl.optim import restore_weights_and_optimizer
 from metarl.rngs import Rngs, held_out_generator
-from metarl.supervised import restore_weights_and_optimizer
 from metarl.supervised.convnet import ConvNet, init_convnet_params, output_size
 from metarl.supervised.networks import DTYPES
 from metarl.supervised.omniglot_data import (

@@ -24,8 +24,8 @@ from metarl.config import (
 )
 from metarl.devices import cpu_copy, resolve_device, to_device
 from metarl.evaluation import curve_rows
+from metarl.optim import restore_weights_and_optimizer
 from metarl.rngs import Rngs, held_out_generator
-from metarl.supervised import restore_weights_and_optimizer
 from metarl.supervised.networks import DTYPES, MLP, apply, init_params
 
 EVAL_STREAM = 0x5E1D  # mixes held-out task streams apart from training streams
