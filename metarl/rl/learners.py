@@ -286,10 +286,6 @@ class AdamLearner(PolicyLearner):
         return {"params": self.weights(), "optimizer": cpu_copy(self.optimizer.state_dict())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "optimizer" not in state:
-            raise ConfigError(
-                "the checkpoint holds no Adam state: its run was trained with optimizer: trpo"
-            )
         restore_weights_and_optimizer(self.params, self.optimizer, state, self.config.adam_lr)
 
 
