@@ -12,8 +12,14 @@ import torch
 from torch import Tensor
 
 from metarl.config import InnerLoopConfig, TRPOConfig
-from metarl.rl.episodes import EpisodeBatch
-from metarl.rl.losses import compute_advantages, normalize_advantages, surrogate_loss, vpg_loss
+from metarl.rl.episodes import EpisodeBatch, split_tasks
+from metarl.rl.losses import (
+    compute_advantages,
+    normalize_advantages,
+    surrogate_loss,
+    task_rows,
+    vpg_loss,
+)
 from metarl.rl.maml_trpo import (
     MetaBatch,
     MetaObjective,
@@ -169,21 +175,26 @@ def test_normalize_advantages_per_task_on_masked_steps() -> None:
 
 
 def loop_objectives(
-    pol: Policy, params: Params, batch: MetaBatch, old: dict[str, Tensor]
+    pol: Policy, params: Params, batch: MetaBatch, theta_old: Params
 ) -> tuple[Tensor, Tensor]:
-    e = batch.train.episodes_per_task
+    """Task by task on the ``[T, E]`` layout: the adapted surrogate and the KL from the
+    policies adapted from ``theta_old``."""
+    e, inner = batch.train.episodes_per_task, batch.inner
     losses, kls = [], []
     for i in range(batch.num_tasks):
         cols = slice(i * e, (i + 1) * e)
-        inner = batch.inner
-        adapted = adapt_policy(
-            pol, params, batch.train.task(i), batch.train_advantages[:, cols],
-            steps=inner.steps, lr=inner.lr, first_order=inner.first_order,
-        )  # fmt: skip
+
+        def adapted_from(theta: Params, cols: slice = cols, i: int = i) -> Params:
+            return adapt_policy(
+                pol, theta, batch.train.task(i), batch.train_advantages[:, cols],
+                steps=inner.steps, lr=inner.lr, first_order=inner.first_order,
+            )  # fmt: skip
+
+        adapted = adapted_from(params)
         valid = batch.valid.task(i)
         losses.append(surrogate_loss(pol, adapted, valid, batch.valid_advantages[:, cols]))
-        old_i = {k: v[i].reshape(*valid.mask.shape, *v.shape[2:]) for k, v in old.items()}
-        kl = pol.kl(old_i, adapted, valid.observations)  # old rows are [T * E, ...]
+        old_i = pol.detached_stats(adapted_from(theta_old), valid.observations)
+        kl = pol.kl(old_i, adapted, valid.observations)
         kls.append((kl * valid.mask).sum() / valid.mask.sum())
     return torch.stack(losses).mean(), torch.stack(kls).mean()
 
@@ -196,7 +207,7 @@ def test_vmapped_objectives_equal_loop_over_tasks(
     batch = with_inner(batch, InnerLoopConfig(steps=steps, lr=0.1))
     old = adapted_stats(pol, theta, batch)
     p = perturbed(theta, 2)
-    loss_loop, kl_loop = loop_objectives(pol, p, batch, old)
+    loss_loop, kl_loop = loop_objectives(pol, p, batch, theta)
     torch.testing.assert_close(meta_surrogate(pol, p, batch), loss_loop)
     torch.testing.assert_close(meta_kl(pol, p, batch, old), kl_loop)
     both = meta_surrogate_and_kl(pol, p, batch, old)
@@ -205,8 +216,74 @@ def test_vmapped_objectives_equal_loop_over_tasks(
     assert float(kl_loop) > 1e-4  # not trivially zero
     # and the meta-gradient through vmap equals the loop's
     g_vmap = flat_grad(lambda q: meta_surrogate(pol, q, batch), p)[1]
-    g_loop = flat_grad(lambda q: loop_objectives(pol, q, batch, old)[0], p)[1]
+    g_loop = flat_grad(lambda q: loop_objectives(pol, q, batch, theta)[0], p)[1]
     torch.testing.assert_close(g_vmap, g_loop)
+
+
+def more_padding(batch: EpisodeBatch, steps: int, columns: int) -> EpisodeBatch:
+    """``batch`` with ``steps`` more padded time steps and ``columns`` more empty episodes
+    per task (the same real steps)."""
+    k, e = batch.num_tasks, batch.episodes_per_task
+
+    def per_step(x: Tensor) -> Tensor:
+        x = x.reshape(x.shape[0], k, e, *x.shape[2:])
+        x = torch.cat([x, x.new_zeros(x.shape[0], k, columns, *x.shape[3:])], dim=2)
+        x = x.reshape(x.shape[0], k * (e + columns), *x.shape[3:])
+        return torch.cat([x, x.new_zeros(steps, *x.shape[1:])])
+
+    def per_episode(x: Tensor) -> Tensor:
+        x = x.reshape(k, e, *x.shape[1:])
+        x = torch.cat([x, x.new_zeros(k, columns, *x.shape[2:])], dim=1)
+        return x.reshape(k * (e + columns), *x.shape[2:])
+
+    return EpisodeBatch(
+        observations=per_step(batch.observations), actions=per_step(batch.actions),
+        rewards=per_step(batch.rewards), mask=per_step(batch.mask),
+        lengths=per_episode(batch.lengths), terminated=per_episode(batch.terminated),
+        truncated=per_episode(batch.truncated),
+        last_observations=per_episode(batch.last_observations),
+        log_probs=per_step(batch.log_probs), num_tasks=k, episodes_per_task=e + columns,
+    )  # fmt: skip
+
+
+def test_task_rows_hold_each_tasks_real_steps_in_order(
+    setup64: tuple[Policy, Params, MetaBatch],
+) -> None:
+    _, _, batch = setup64
+    ep, adv = batch.valid, batch.valid_advantages
+    rows = task_rows(ep, adv)
+    real = split_tasks(ep.mask, ep.num_tasks) > 0  # [K, T, E]
+    counts = real.sum(dim=(1, 2))
+    assert len(set(counts.tolist())) > 1  # tasks with unequal real steps
+    assert rows.mask.shape == (ep.num_tasks, int(counts.max()))
+    for k in range(ep.num_tasks):
+        n = int(counts[k])
+        for got, full in (
+            (rows.observations, ep.observations), (rows.actions, ep.actions),
+            (rows.log_probs, ep.log_probs), (rows.advantages, adv),
+        ):  # fmt: skip
+            assert torch.equal(got[k, :n], split_tasks(full, ep.num_tasks)[k][real[k]])
+        assert bool((rows.mask[k, :n] == 1).all()) and bool((rows.mask[k, n:] == 0).all())
+
+
+def test_padding_changes_neither_rows_nor_objectives(
+    setup64: tuple[Policy, Params, MetaBatch],
+) -> None:
+    pol, theta, batch = setup64
+    train = more_padding(batch.train, 3, 2)
+    valid = more_padding(batch.valid, 5, 1)
+    train_adv = compute_advantages(train, gamma=0.99)
+    valid_adv = compute_advantages(valid, gamma=0.99)
+    torch.testing.assert_close(
+        task_rows(train, train_adv).advantages, batch.train_rows().advantages
+    )  # the advantages ignore padding too (up to rounding)
+    padded = MetaBatch(train, train_adv, valid, valid_adv, batch.inner)
+    for a, b in zip(padded.valid_rows()[:4], batch.valid_rows()[:4], strict=True):
+        assert torch.equal(a, b)  # the same rows: the same cost
+    p = perturbed(theta, 3)
+    old = adapted_stats(pol, theta, batch)
+    torch.testing.assert_close(meta_surrogate(pol, p, padded), meta_surrogate(pol, p, batch))
+    torch.testing.assert_close(meta_kl(pol, p, padded, old), meta_kl(pol, p, batch, old))
 
 
 def test_meta_kl_zero_at_sampling_params(

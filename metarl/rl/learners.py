@@ -19,7 +19,13 @@ from metarl.config import ConfigError, RLConfig
 from metarl.devices import cpu_copy, resolve_device, synchronize, to_cpu, to_device
 from metarl.optim import restore_weights_and_optimizer
 from metarl.rl.episodes import EpisodeBatch, episode_columns
-from metarl.rl.losses import compute_advantages, masked_mean, surrogate_loss, task_mean_vpg_loss
+from metarl.rl.losses import (
+    compute_advantages,
+    masked_mean,
+    surrogate_loss,
+    task_mean_vpg_loss,
+    task_rows,
+)
 from metarl.rl.maml_trpo import (
     MetaBatch,
     TaskAdaptation,
@@ -224,21 +230,26 @@ class TRPOLearner(PolicyLearner):
     def step(self, rngs: Rngs) -> dict[str, float]:
         _, batch = self.sample_with_theta(rngs)
         adv = self.advantages(batch)
-        old = self.policy.detached_stats(self.params, batch.observations)
+        rows = task_rows(batch, adv)  # the real steps only
+        old = self.policy.detached_stats(self.params, rows.observations)
 
         def loss_fn(p: Params) -> torch.Tensor:
-            return surrogate_loss(self.policy, p, batch, adv)
+            return surrogate_loss(self.policy, p, rows, rows.advantages)
 
         def kl_fn(p: Params) -> torch.Tensor:
-            return masked_mean(self.policy.kl(old, p, batch.observations), batch.mask)
+            return masked_mean(self.policy.kl(old, p, rows.observations), rows.mask)
 
         e = curvature_episodes(self.config.trpo.hvp_subsample, batch.episodes_per_task)
         cols = episode_columns(batch.num_tasks, batch.episodes_per_task, e)
-        sub_old = {name: x[:, cols] for name, x in old.items()}
-        sub_obs, sub_mask = batch.observations[:, cols], batch.mask[:, cols]
+        sub = (
+            task_rows(batch.first_episodes(e), adv[:, cols])
+            if e < batch.episodes_per_task
+            else rows
+        )
+        sub_old = self.policy.detached_stats(self.params, sub.observations)
 
         def curvature_kl_fn(p: Params) -> torch.Tensor:
-            return masked_mean(self.policy.kl(sub_old, p, sub_obs), sub_mask)
+            return masked_mean(self.policy.kl(sub_old, p, sub.observations), sub.mask)
 
         with torch_threads(self.config.learner_threads):
             self.params, stats = trpo_step(

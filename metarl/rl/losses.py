@@ -123,8 +123,9 @@ def importance_ratio(log_probs: Tensor, episodes: StepData) -> Tensor:
 
 
 class TaskRows(NamedTuple):
-    """One side of a meta-batch as contiguous per-task rows ``[K, R, ...]`` with ``R = T * E``
-    (a pytree for ``vmap``; under it, one task's rows satisfy :class:`StepData`)."""
+    """One side of a meta-batch as per-task rows ``[K, R, ...]``: each task's real steps, in
+    their time-major order, then padding rows (mask 0) up to ``R``, the most real steps of any
+    task (a pytree for ``vmap``; under it, one task's rows satisfy :class:`StepData`)."""
 
     observations: Tensor
     actions: Tensor
@@ -134,14 +135,40 @@ class TaskRows(NamedTuple):
 
 
 def task_rows(episodes: EpisodeBatch, advantages: Tensor) -> TaskRows:
-    """The steps of ``episodes`` and their ``[T, N]`` advantages as :class:`TaskRows`."""
+    """The real steps of ``episodes`` and their ``[T, N]`` advantages as :class:`TaskRows`.
+
+    Padded positions of the ``[T, N]`` layout (steps after an episode's end, empty columns)
+    are dropped, so every loss and curvature product computed on the rows costs what the
+    batch's real steps cost, however unequal its episodes' lengths and counts (with the
+    paper's training batch a task whose episodes end early gets more, shorter ones). Every
+    loss is a masked mean over a task's rows, which the order of its rows does not change
+    beyond rounding.
+    """
     k = episodes.num_tasks
 
-    def rows(x: Tensor) -> Tensor:
+    def flat(x: Tensor) -> Tensor:
         per_task = split_tasks(x, k)
-        return per_task.reshape(k, -1, *per_task.shape[3:]).contiguous()
+        return per_task.reshape(k, -1, *per_task.shape[3:])
+
+    index = real_first(flat(episodes.mask))
+
+    def rows(x: Tensor) -> Tensor:
+        f = flat(x)
+        idx = index.reshape(*index.shape, *(1,) * (f.dim() - 2)).expand(-1, -1, *f.shape[2:])
+        return torch.gather(f, 1, idx)
 
     return TaskRows(
         rows(episodes.observations), rows(episodes.actions), rows(episodes.mask),
         rows(episodes.log_probs), rows(advantages),
     )  # fmt: skip
+
+
+def real_first(mask: Tensor) -> Tensor:
+    """``[K, R]`` row indices into ``mask [K, M]``: each task's real rows (``mask > 0``) in
+    order, then its padded ones, with ``R`` the largest number of real rows of a task (at
+    least 1). On the meta device (no data) every row is kept, in order."""
+    if mask.device.type == "meta":
+        return torch.arange(mask.shape[1], device=mask.device).expand(mask.shape[0], -1)
+    padded = (mask <= 0).to(torch.int32)
+    width = max(1, int((mask > 0).sum(dim=1).max()))
+    return torch.sort(padded, dim=1, stable=True).indices[:, :width]
