@@ -219,34 +219,49 @@ class MujocoTaskVectorEnv(TaskVectorEnvMixin[TaskT], VectorEnv[FloatArray, Any, 
     ) -> tuple[FloatArray, FloatArray, BoolArray, BoolArray, dict[str, Any]]:
         """Step every sub-env ``frame_skip`` MuJoCo steps with its action (autoresetting those
         whose episode ended on the previous step)."""
+        return self.step_active(actions, np.ones(self.num_envs, dtype=np.bool_))
+
+    def step_active(
+        self, actions: Any, active: Any
+    ) -> tuple[FloatArray, FloatArray, BoolArray, BoolArray, dict[str, Any]]:
+        """:meth:`step` for the sub-envs where ``active`` is true; the others are left as they
+        are (not simulated, not autoreset, their step count kept), and their rows of the
+        result are their current observation, reward 0 and both end flags false. The active
+        sub-envs' rows are bitwise those of :meth:`step` (a sampler whose episode has ended in a
+        sub-env need not simulate it on)."""
         actions = np.asarray(actions)
         if actions.shape != self.action_space.shape:
             raise ValueError(
                 f"{type(self).__name__}.step: actions must have shape "
                 f"{self.action_space.shape}, got {actions.shape}"
             )
+        active = np.asarray(active, dtype=np.bool_)
+        if active.shape != (self.num_envs,):
+            raise ValueError(f"step_active: active must have shape ({self.num_envs},)")
         x_before = self._x_positions().copy()
-        resetting = self._autoreset.copy()
-        if resetting.any():
-            for i in np.flatnonzero(resetting):
-                self._reset_one(int(i), None)
-            stepping = np.flatnonzero(~resetting)
-            ctrls, datas = [self._ctrl[i] for i in stepping], [self._datas[i] for i in stepping]
-            self._simulate(ctrls, datas, actions[stepping])
-        else:
+        resetting = self._autoreset & active
+        for i in np.flatnonzero(resetting):
+            self._reset_one(int(i), None)
+        stepping = active & ~resetting
+        if stepping.all():
             self._simulate(self._ctrl, self._datas, actions)
+        else:
+            rows = np.flatnonzero(stepping)
+            ctrls, datas = [self._ctrl[i] for i in rows], [self._datas[i] for i in rows]
+            self._simulate(ctrls, datas, actions[rows])
         self._gather()
         x_velocity = (self._x_positions() - x_before) / self.dt
         rewards = self._rewards(x_velocity, actions)
         terminated = self._terminations()
-        self._steps += 1
+        self._steps += stepping
         truncated = self._steps >= self.max_episode_steps
-        if resetting.any():
-            rewards[resetting] = 0.0
-            terminated[resetting] = False
-            truncated[resetting] = False
+        quiet = ~stepping  # reset on this step, or left alone
+        if quiet.any():
+            rewards[quiet] = 0.0
+            terminated[quiet] = False
+            truncated[quiet] = False
             self._steps[resetting] = 0
-        np.logical_or(terminated, truncated, out=self._autoreset)
+        self._autoreset[active] = (terminated | truncated)[active]
         return self._observations(self._qpos, self._qvel), rewards, terminated, truncated, {}
 
     def _simulate(

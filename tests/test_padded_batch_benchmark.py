@@ -31,7 +31,7 @@ def test_figures_of_a_steps_batch_add_up(tmp_path: Path) -> None:
             out=tmp_path / batch,
             overrides=[*TINY, f"batch={batch}"],
         )
-    done = _run(str(tmp_path / "steps"), str(tmp_path / "episodes"))
+    done = _run(str(tmp_path / "steps"), str(tmp_path / "episodes"), "--step")
     assert done.returncode == 0, done.stderr[-3000:]
     steps, episodes = json.loads(done.stdout.strip().splitlines()[-1])
     budget = 3 * 2 * 10
@@ -44,6 +44,10 @@ def test_figures_of_a_steps_batch_add_up(tmp_path: Path) -> None:
         assert r["columns"] == 3 * r["episodes_per_task_max"]
         assert 1 <= r["episodes_per_task_mean"] <= r["episodes_per_task_max"]
         assert r["sample_s"] > 0
+        # the learner runs on the real steps, padded per task to the task with the most
+        assert r["real_steps"] <= r["learner_rows"] <= r["padded_positions"]
+        assert r["learner_rows"] % 3 == 0
+        assert r["iteration_s"] > 0
 
 
 def test_a_missing_run_is_a_one_line_error(tmp_path: Path) -> None:

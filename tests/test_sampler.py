@@ -277,6 +277,29 @@ def test_serial_vector_env_autoresets_on_the_next_step() -> None:
     vec.close()
 
 
+def test_serial_vector_env_steps_only_the_active_sub_envs() -> None:
+    from metarl.rl.sampling.processes import SerialVectorEnv
+
+    vec = SerialVectorEnv([lambda: gym.make("metarl_test/Reach-v0")] * 3)
+    vec.set_attr("task", [Threshold(0.5), Threshold(5.0), Threshold(5.0)])
+    vec.reset(seed=[1, 2, 3])
+    act = np.full((3, 1), 0.6, np.float32)
+    obs, _, term, _, _ = vec.step(act)
+    assert term.tolist() == [True, False, False]
+    # sub-env 0 (ended) and 2 left alone: no autoreset, no step, reward 0, no end flags
+    obs2, rew, term, trunc, _ = vec.step_active(act, np.array([False, True, False]))
+    assert obs2[0, 0] == obs[0, 0] and obs2[2, 0] == obs[2, 0]
+    assert obs2[1, 0] == pytest.approx(1.2, abs=0.02)
+    assert rew[0] == rew[2] == 0.0 and not term.any() and not trunc.any()
+    # sub-env 0 still owes its autoreset, done on its next active step
+    obs3, rew, term, _, _ = vec.step(act)
+    assert abs(obs3[0, 0]) <= 0.01 and rew[0] == 0.0 and not term[0]
+    assert obs3[2, 0] == pytest.approx(obs[2, 0] + 0.6, abs=0.02)
+    with pytest.raises(ValueError, match="active must have shape"):
+        vec.step_active(act, np.array([True, False]))
+    vec.close()
+
+
 @pytest.mark.parametrize("per_task", [False, True], ids=["shared", "per-task"])
 @pytest.mark.parametrize("sensitive", [False, True], ids=["mlp", "shape-sensitive"])
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from metarl.rl.episodes import EpisodeBatch
 from metarl.rl.policies import Params, Policy
 from metarl.rl.sampling.base import EpisodeSampler, RolloutDraws
 from metarl.rl.sampling.envs import Backend, make_vector_env
+from metarl.rl.sampling.processes import step_active
 
 
 @contextlib.contextmanager
@@ -196,7 +197,7 @@ class Sampler(EpisodeSampler):
                 buf = _new_buffers(h, obs, act)
             buf.obs[t], buf.actions[t], buf.log_probs[t], buf.mask[t] = obs, act, log_probs, alive
             env_act = act if self.discrete else np.clip(act, self.low, self.high)
-            obs, rew, term, trunc, _ = self.envs.step(env_act)
+            obs, rew, term, trunc, _ = step_active(self.envs, env_act, alive)
             _check_finite(obs, rew, t)
             buf.rewards[t] = np.where(alive, rew, 0.0)
             ended = alive & (term | trunc)

@@ -24,6 +24,8 @@ from gymnasium.vector.utils import batch_space
 from gymnasium.wrappers import TransformAction
 from gymnasium.wrappers.utils import rescale_box
 
+from metarl.rl.sampling.processes import step_active
+
 __all__ = [
     "NormalizedVectorEnv",
     "check_normalizable",
@@ -85,6 +87,13 @@ class NormalizedVectorEnv(gym.vector.VectorActionWrapper[Any, Any, Any, Any]):
 
     def actions(self, actions: Any) -> np.ndarray:
         return self._to_bounds(actions)
+
+    def step_active(
+        self, actions: Any, active: np.ndarray
+    ) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """The wrapped env's ``step_active`` (or ``step``) with the mapped actions (see
+        :func:`metarl.rl.sampling.processes.step_active`)."""
+        return step_active(self.env, self.actions(actions), active)
 
     def set_attr(self, name: str, values: Sequence[Any]) -> None:
         self.env.set_attr(name, values)  # type: ignore[attr-defined]

@@ -73,7 +73,19 @@ class SerialVectorEnv(VectorEnv[Any, Any, Any]):
     def step(
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        for i, env in enumerate(self.envs):
+        return self.step_active(actions, np.ones(self.num_envs, dtype=bool))
+
+    def step_active(
+        self, actions: np.ndarray, active: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """:meth:`step` for the sub-envs where ``active`` is true; the others are left as they
+        are (not stepped, not autoreset), their rows of the result their last observation,
+        reward 0 and both end flags false."""
+        active = np.asarray(active, dtype=bool)
+        if active.shape != (self.num_envs,):
+            raise ValueError(f"step_active: active must have shape ({self.num_envs},)")
+        for i in np.flatnonzero(active):
+            env = self.envs[i]
             if self._autoreset[i]:
                 self._obs[i], _ = env.reset()
                 self._rewards[i], self._terminated[i], self._truncated[i] = 0.0, False, False
@@ -81,12 +93,12 @@ class SerialVectorEnv(VectorEnv[Any, Any, Any]):
                 self._obs[i], self._rewards[i], self._terminated[i], self._truncated[i], _ = (
                     env.step(actions[i])
                 )
-        self._autoreset[:] = self._terminated | self._truncated
+        self._autoreset[active] = (self._terminated | self._truncated)[active]
         return (
             self._obs.copy(),
-            self._rewards.copy(),
-            self._terminated.copy(),
-            self._truncated.copy(),
+            np.where(active, self._rewards, 0.0),
+            self._terminated & active,
+            self._truncated & active,
             {},
         )
 
@@ -112,6 +124,23 @@ def serial_shards(env_fns: Sequence[EnvFn]) -> ShardFn:
 
 def _serial_shard(env_fns: Sequence[EnvFn], start: int, stop: int) -> SerialVectorEnv:
     return SerialVectorEnv(env_fns[start:stop])
+
+
+def step_active(
+    envs: Any, actions: np.ndarray, active: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Step the sub-envs of ``envs`` where ``active`` is true: through the vector env's own
+    ``step_active`` where it has one (its other sub-envs are then left as they are), else a
+    plain ``step`` of every sub-env. Either way the active sub-envs' rows are the same; a
+    sampler ignores the others' (the sub-envs whose episode has ended)."""
+    own = getattr(envs, "step_active", None)
+    if own is None:
+        result: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]
+        result = envs.step(actions)
+        return result
+    answer: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]
+    answer = own(actions, active)
+    return answer
 
 
 def _seeds(seed: int | Sequence[int | None] | None, n: int) -> list[int | None]:
@@ -181,6 +210,9 @@ def _serve(remote: Connection, envs: Any, parent_pid: int) -> None:
             if cmd == "step":
                 obs, rew, term, trunc, _ = envs.step(data)
                 result: Any = (obs, rew, term, trunc)
+            elif cmd == "step_active":
+                obs, rew, term, trunc, _ = step_active(envs, *data)
+                result = (obs, rew, term, trunc)
             elif cmd == "reset":
                 result, _ = envs.reset(seed=data)
             elif cmd == "set_attr":
@@ -381,6 +413,17 @@ class ShardedVectorEnv(VectorEnv[Any, Any, Any]):
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         parts = self._call("step", [actions[a:b] for a, b in self.bounds])
+        obs, rew, term, trunc = (np.concatenate(x) for x in zip(*parts, strict=True))
+        return obs, rew, term, trunc, {}
+
+    def step_active(
+        self, actions: np.ndarray, active: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """:meth:`step` for the sub-envs where ``active`` is true (:func:`step_active` on each
+        worker's slice)."""
+        active = np.asarray(active, dtype=bool)
+        payloads = [(actions[a:b], active[a:b]) for a, b in self.bounds]
+        parts = self._call("step_active", payloads)
         obs, rew, term, trunc = (np.concatenate(x) for x in zip(*parts, strict=True))
         return obs, rew, term, trunc, {}
 
