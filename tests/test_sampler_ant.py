@@ -30,6 +30,16 @@ FIELDS = (
 )
 
 
+def falling_ants(env_id: str) -> tuple[GaussianMLPPolicy, dict, list, dict]:
+    """A wide policy (std e, actions clipped to the torque limits) that makes some ants flip,
+    3 tasks, and a sampler's sizes: 2 episodes per task of at most 60 steps."""
+    policy = GaussianMLPPolicy(obs_dim=105, act_dim=8, hidden_sizes=(16,), init_log_std=1.0)
+    params = policy.init_params(torch.Generator().manual_seed(0))
+    tasks = make_env(env_id).unwrapped.sample_tasks(3, np.random.default_rng(1))
+    return policy, params, tasks, {"env_id": env_id, "num_tasks": 3, "episodes_per_task": 2,
+                                   "horizon": 60}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("env_id", "backend"),
     [
@@ -43,10 +53,7 @@ def test_batched_ant_sampler_equals_single_envs(env_id: str, backend: str) -> No
     """A wide policy (std e, actions clipped to the torque limits) makes some ants flip: the
     terminated episodes, their lengths and masks agree too."""
     assert gym.spec(env_id).vector_entry_point == f"metarl.envs.ant:{BATCHED[env_id].__name__}"
-    policy = GaussianMLPPolicy(obs_dim=105, act_dim=8, hidden_sizes=(16,), init_log_std=1.0)
-    params = policy.init_params(torch.Generator().manual_seed(0))
-    tasks = make_env(env_id).unwrapped.sample_tasks(3, np.random.default_rng(1))
-    kw = {"env_id": env_id, "num_tasks": 3, "episodes_per_task": 2, "horizon": 60}
+    policy, params, tasks, kw = falling_ants(env_id)
     batches = []
     for single in (False, True):
         with Sampler(**kw, backend=backend, num_workers=2) as sampler:
@@ -91,10 +98,7 @@ def test_ended_sub_envs_are_not_simulated_and_change_nothing(
         original(self, ctrls, datas, actions)
 
     monkeypatch.setattr(AntDirVectorEnv, "_simulate", counting)
-    policy = GaussianMLPPolicy(obs_dim=105, act_dim=8, hidden_sizes=(16,), init_log_std=1.0)
-    params = policy.init_params(torch.Generator().manual_seed(0))
-    tasks = make_env(env_id).unwrapped.sample_tasks(3, np.random.default_rng(1))
-    kw = {"env_id": env_id, "num_tasks": 3, "episodes_per_task": 2, "horizon": 60}
+    policy, params, tasks, kw = falling_ants(env_id)
     batches = []
     for every_step in (False, True):
         with Sampler(**kw, backend="local" if every_step else backend) as sampler:
