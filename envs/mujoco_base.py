@@ -260,7 +260,6 @@ class MujocoTaskVectorEnv(TaskVectorEnvMixin[TaskT], VectorEnv[FloatArray, Any, 
             rewards[quiet] = 0.0
             terminated[quiet] = False
             truncated[quiet] = False
-            self._steps[resetting] = 0
         self._autoreset[active] = (terminated | truncated)[active]
         return self._observations(self._qpos, self._qvel), rewards, terminated, truncated, {}
 

@@ -246,7 +246,7 @@ class TRPOLearner(PolicyLearner):
             if e < batch.episodes_per_task
             else rows
         )
-        sub_old = self.policy.detached_stats(self.params, sub.observations)
+        sub_old = old if sub is rows else self.policy.detached_stats(self.params, sub.observations)
 
         def curvature_kl_fn(p: Params) -> torch.Tensor:
             return masked_mean(self.policy.kl(sub_old, p, sub.observations), sub.mask)

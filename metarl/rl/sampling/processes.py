@@ -126,21 +126,18 @@ def _serial_shard(env_fns: Sequence[EnvFn], start: int, stop: int) -> SerialVect
     return SerialVectorEnv(env_fns[start:stop])
 
 
-def step_active(
-    envs: Any, actions: np.ndarray, active: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+StepResult = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]
+"""A vector env's step: observations, rewards, terminated, truncated, info."""
+
+
+def step_active(envs: Any, actions: np.ndarray, active: np.ndarray) -> StepResult:
     """Step the sub-envs of ``envs`` where ``active`` is true: through the vector env's own
     ``step_active`` where it has one (its other sub-envs are then left as they are), else a
     plain ``step`` of every sub-env. Either way the active sub-envs' rows are the same; a
     sampler ignores the others' (the sub-envs whose episode has ended)."""
     own = getattr(envs, "step_active", None)
-    if own is None:
-        result: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]
-        result = envs.step(actions)
-        return result
-    answer: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]
-    answer = own(actions, active)
-    return answer
+    result: StepResult = envs.step(actions) if own is None else own(actions, active)
+    return result
 
 
 def _seeds(seed: int | Sequence[int | None] | None, n: int) -> list[int | None]:
@@ -208,11 +205,8 @@ def _serve(remote: Connection, envs: Any, parent_pid: int) -> None:
             if cmd == "close":
                 return
             if cmd == "step":
-                obs, rew, term, trunc, _ = envs.step(data)
-                result: Any = (obs, rew, term, trunc)
-            elif cmd == "step_active":
                 obs, rew, term, trunc, _ = step_active(envs, *data)
-                result = (obs, rew, term, trunc)
+                result: Any = (obs, rew, term, trunc)
             elif cmd == "reset":
                 result, _ = envs.reset(seed=data)
             elif cmd == "set_attr":
@@ -412,9 +406,7 @@ class ShardedVectorEnv(VectorEnv[Any, Any, Any]):
     def step(
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        parts = self._call("step", [actions[a:b] for a, b in self.bounds])
-        obs, rew, term, trunc = (np.concatenate(x) for x in zip(*parts, strict=True))
-        return obs, rew, term, trunc, {}
+        return self.step_active(actions, np.ones(self.num_envs, dtype=bool))
 
     def step_active(
         self, actions: np.ndarray, active: np.ndarray
@@ -423,7 +415,7 @@ class ShardedVectorEnv(VectorEnv[Any, Any, Any]):
         worker's slice)."""
         active = np.asarray(active, dtype=bool)
         payloads = [(actions[a:b], active[a:b]) for a, b in self.bounds]
-        parts = self._call("step_active", payloads)
+        parts = self._call("step", payloads)
         obs, rew, term, trunc = (np.concatenate(x) for x in zip(*parts, strict=True))
         return obs, rew, term, trunc, {}
 
