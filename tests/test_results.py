@@ -1,16 +1,20 @@
 """The committed results stay usable: every checkpoint under ``results/*/runs/`` loads with the
 current code at the iteration its ``progress.csv`` ends on (a run still in progress is said to
-be in its folder's README, with how to continue it), and the tables quote the CSVs."""
+be in its folder's README, with how to continue it), the tables quote the CSVs, and the
+commands that made the runs give their configs."""
 
 from __future__ import annotations
 
 import csv
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 
 import metarl
+from metarl.config import RLConfig, config_diff, load_config
+from metarl.rl.sampling.envs import make_env
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_DIRS = sorted(p.parent for p in (ROOT / "results").glob("*/runs/*/checkpoint.pt"))
@@ -78,3 +82,58 @@ def test_results_table_quotes_the_runs_own_csv(task_dir: Path) -> None:
                 values,
                 means,
             )
+
+
+def _train_commands(readme: Path) -> list[list[str]]:
+    """The arguments of every ``metarl train CONFIG --out DIR ...`` command (not ``--resume``)
+    in a README's bash blocks, continuation lines joined and comments dropped."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", readme.read_text(), flags=re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            args = shlex.split(line, comments=True)
+            if args[:2] == ["metarl", "train"] and "--resume" not in args:
+                commands.append(args[2:])
+    return commands
+
+
+# Keys in which a committed run may differ from its README command, and why that changes nothing
+# the run did. Half-cheetah episodes never end before the horizon, so a ``batch: steps`` meta-batch
+# is the very batch of ``batch: episodes`` (test_step_budget.py); runs that predate the key were
+# trained with ``episodes``.
+SAME_BATCH_TASKS = {"halfcheetah_vel", "halfcheetah_dir"}
+
+
+def _same_env(a: RLConfig, b: RLConfig) -> bool:
+    """Env kwargs that differ only in naming the model's own frame skip (v5's 5, or an env id
+    registered with the paper's) give envs of the same class and time step."""
+    envs = [make_env(c.env.id, env_kwargs=c.env.kwargs).unwrapped for c in (a, b)]
+    return type(envs[0]) is type(envs[1]) and envs[0].dt == envs[1].dt  # type: ignore[attr-defined]
+
+
+COMMANDS = [
+    (readme.parent, args)
+    for readme in sorted((ROOT / "results").glob("*/README.md"))
+    for args in _train_commands(readme)
+]
+
+
+@pytest.mark.parametrize(
+    ("task_dir", "args"), COMMANDS, ids=[f"{t.name}:{a[a.index('--out') + 1]}" for t, a in COMMANDS]
+)
+def test_readme_train_commands_give_the_committed_runs_config(
+    task_dir: Path, args: list[str]
+) -> None:
+    """A results README's ``metarl train`` command, run from its folder's viewpoint (configs from
+    the repository root), gives the config the committed run under that ``--out`` saved."""
+    out = task_dir / args[args.index("--out") + 1]
+    overrides = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    assert (out / "config.yaml").is_file(), f"{out} is not a committed run"
+    command = load_config(ROOT / args[0], overrides)
+    saved = load_config(out / "config.yaml", saved=True)
+    diff = config_diff(command, saved)
+    if task_dir.name in SAME_BATCH_TASKS and "batch" in diff:
+        diff.remove("batch")
+    env_keys = [k for k in diff if k.startswith("env.kwargs")]
+    if env_keys and _same_env(command, saved):
+        diff = [k for k in diff if k not in env_keys]
+    assert not diff, f"{' '.join(args)} differs from {out}/config.yaml in {diff}"
