@@ -106,8 +106,12 @@ SAME_BATCH_TASKS = {"halfcheetah_vel", "halfcheetah_dir"}
 def _same_env(a: RLConfig, b: RLConfig) -> bool:
     """Env kwargs that differ only in naming the model's own frame skip (v5's 5, or an env id
     registered with the paper's) give envs of the same class and time step."""
-    envs = [make_env(c.env.id, env_kwargs=c.env.kwargs).unwrapped for c in (a, b)]
-    return type(envs[0]) is type(envs[1]) and envs[0].dt == envs[1].dt  # type: ignore[attr-defined]
+    envs = [make_env(c.env.id, env_kwargs=c.env.kwargs) for c in (a, b)]
+    first, second = (env.unwrapped for env in envs)
+    same = type(first) is type(second) and first.dt == second.dt  # type: ignore[attr-defined]
+    for env in envs:
+        env.close()
+    return same
 
 
 COMMANDS = [
