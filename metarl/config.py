@@ -347,6 +347,13 @@ class RLConfig:
     bootstrap_truncated: bool = False
     """An episode cut by the time limit continues with the baseline's value of its last
     observation in the advantages; false (the paper's code): every episode ends with value 0."""
+    advantage_scope: Literal["task", "batch"] = "task"
+    """What the linear baseline is fitted to, and the advantages standardised over, when the
+    ``pretrained`` and ``oracle`` baselines train. ``task``: each task's own episodes, as in
+    every MAML step. ``batch``: all the iteration's episodes together, as the paper's TRPO for
+    its MuJoCo baselines did (one baseline for 100 episodes, each of its own task; with
+    ``episodes_per_task: 1`` this is that batch). MAML adapts and meta-trains per task, and
+    evaluation fine-tunes per task, whatever this key says."""
     inner: InnerLoopConfig = field(default_factory=lambda: InnerLoopConfig(lr=0.5))
     """Inner loop: vanilla policy gradient."""
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -678,6 +685,15 @@ def config_from_dict(data: Mapping[str, Any]) -> Any:
         raise ConfigError(
             f"optimizer: {config.optimizer} updates the pretrained and oracle baselines; "
             "method maml meta-trains with TRPO (optimizer: trpo)"
+        )
+    if (
+        isinstance(config, RLConfig)
+        and config.advantage_scope != "task"
+        and config.method not in ("pretrained", "oracle")
+    ):
+        raise ConfigError(
+            f"advantage_scope: {config.advantage_scope} trains the pretrained and oracle "
+            f"baselines; method {config.method} needs advantage_scope: task"
         )
     return config
 

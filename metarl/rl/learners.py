@@ -8,6 +8,7 @@ Data goes one way: task env -> sampler -> episodes -> adaptation -> outer step -
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -129,6 +130,16 @@ def advantages_of(config: RLConfig, episodes: EpisodeBatch) -> torch.Tensor:
     )
 
 
+def training_advantages(config: RLConfig, episodes: EpisodeBatch) -> torch.Tensor:
+    """The advantages a trained baseline (``pretrained``, ``oracle``) learns from: per task, or
+    with ``advantage_scope: batch`` from one baseline fitted to all the episodes and
+    standardised over them (the same ``[T, N]`` layout either way)."""
+    if config.advantage_scope == "batch":
+        pooled = dataclasses.replace(episodes, num_tasks=1, episodes_per_task=episodes.num_episodes)
+        return advantages_of(config, pooled)
+    return advantages_of(config, episodes)
+
+
 def device_policies(config: RLConfig, env: gym.Env[Any, Any]) -> tuple[Policy, Policy]:
     """The policy on ``config.device`` (what the learner differentiates) and the one a sampler
     acts with on the CPU: the same object on a CPU device."""
@@ -229,7 +240,7 @@ class TRPOLearner(PolicyLearner):
 
     def step(self, rngs: Rngs) -> dict[str, float]:
         _, batch = self.sample_with_theta(rngs)
-        adv = self.advantages(batch)
+        adv = training_advantages(self.config, batch)
         rows = task_rows(batch, adv)  # the real steps only
         old = self.policy.detached_stats(self.params, rows.observations)
 
@@ -275,7 +286,7 @@ class AdamLearner(PolicyLearner):
 
     def step(self, rngs: Rngs) -> dict[str, float]:
         _, batch = self.sample_with_theta(rngs)
-        adv = self.advantages(batch)
+        adv = training_advantages(self.config, batch)
 
         def loss_fn(p: Params) -> torch.Tensor:
             return task_mean_vpg_loss(self.policy, p, batch, adv)
