@@ -135,11 +135,12 @@ PAPER_DT = {"ant_vel.yaml": 0.02, "ant_dir.yaml": 0.02, "ant_goal.yaml": 0.02}
 # Env steps per test batch where the paper's test script did not take 4000.
 TEST_STEPS = {"ant_dir.yaml": 8000}
 # The paper's MuJoCo baselines that were trained on TRPO batches of their own (cluster_trpo_ant.py:
-# 100 episodes per iteration, here 20 tasks x 5 episodes) and for how many iterations.
+# 100 episodes per iteration, each of its own task, one baseline for all) and for how many
+# iterations.
 BASELINE_BATCH = {
-    "ant_vel": {"pretrained": (20, 5, 575), "oracle": (20, 5, 550)},
-    "ant_dir": {"pretrained": (20, 5, 2000), "oracle": (20, 5, 1975)},
-    "ant_goal": {"pretrained": (20, 5, 575), "oracle": (20, 5, 550)},
+    "ant_vel": {"pretrained": (100, 1, 575), "oracle": (100, 1, 550)},
+    "ant_dir": {"pretrained": (100, 1, 2000), "oracle": (100, 1, 1975)},
+    "ant_goal": {"pretrained": (100, 1, 575), "oracle": (100, 1, 550)},
 }
 
 
@@ -152,6 +153,7 @@ def test_paper_baseline_configs_differ_from_maml_only_where_the_paper_did(task: 
         assert (c.batch, c.env) == (maml.batch, maml.env)
         own = BASELINE_BATCH.get(task, {}).get(method)
         if own is None:
+            assert c.advantage_scope == "task"
             assert (c.meta_batch_size, c.episodes_per_task) == (
                 maml.meta_batch_size,
                 maml.episodes_per_task,
@@ -159,6 +161,7 @@ def test_paper_baseline_configs_differ_from_maml_only_where_the_paper_did(task: 
         else:
             assert (c.meta_batch_size, c.episodes_per_task, c.iterations) == own
             assert c.meta_batch_size * c.episodes_per_task * c.env.horizon == 20_000
+            assert c.advantage_scope == "batch"
         if method in BASELINE_EVAL_LR[task]:
             assert c.eval.lr == BASELINE_EVAL_LR[task][method]
         assert (c.eval.episodes_per_task, c.eval.batch) == (
