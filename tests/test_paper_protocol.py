@@ -144,6 +144,30 @@ BASELINE_BATCH = {
 }
 
 
+@pytest.mark.parametrize("method", ["", "_oracle"])
+def test_ant_goal_observes_the_torso_position_as_the_papers_ant(method: str) -> None:
+    """rllab's ant observed qpos whole; AntGoal's reward is the distance of the torso's (x, y)
+    to the goal, so its configs put the position back into Ant-v5's observation."""
+    c = load_config(CONFIGS / f"ant_goal{method}.yaml")
+    env = make_env(c.env.id, env_kwargs=c.env.kwargs, oracle=c.method == "oracle")
+    try:
+        obs, _ = env.reset(seed=3)
+        for _ in range(5):
+            obs, *_ = env.step(env.action_space.sample())
+        inner = env.unwrapped
+        sim = getattr(inner, "env", inner).unwrapped  # an oracle's OracleEnv holds the env
+        # (the oracle's observation is float32)
+        np.testing.assert_allclose(obs[:2], sim.data.qpos[:2], rtol=1e-6, atol=1e-7)
+        assert obs.shape[0] == 15 + 14 + 13 * 6 + (2 if method else 0)
+    finally:
+        env.close()
+    for task in ("ant_vel", "ant_dir"):  # their rewards do not depend on the position
+        assert (
+            "exclude_current_positions_from_observation"
+            not in load_config(CONFIGS / f"{task}.yaml").env.kwargs
+        )
+
+
 @pytest.mark.parametrize("task", sorted(BASELINE_EVAL_LR))
 def test_paper_baseline_configs_differ_from_maml_only_where_the_paper_did(task: str) -> None:
     maml = load_config(CONFIGS / f"{task}.yaml")

@@ -9,6 +9,7 @@ import csv
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,12 +104,29 @@ def _train_commands(readme: Path) -> list[list[str]]:
 SAME_BATCH_TASKS = {"halfcheetah_vel", "halfcheetah_dir"}
 
 
-def _same_env(a: RLConfig, b: RLConfig) -> bool:
-    """Env kwargs that differ only in naming the model's own frame skip (v5's 5, or an env id
-    registered with the paper's) give envs of the same class and time step."""
+def _setting(env: Any, key: str) -> Any:
+    """The value an env holds for its constructor's ``env.kwargs`` ``key`` (Gymnasium's MuJoCo
+    envs keep most under the name with a leading underscore)."""
+    name = key.removeprefix("env.kwargs.")
+    for attr in (name, f"_{name}"):
+        if hasattr(env, attr):
+            return getattr(env, attr)
+    raise AssertionError(f"{type(env).__name__} holds no setting {name!r}")
+
+
+def _same_env(a: RLConfig, b: RLConfig, keys: list[str]) -> bool:
+    """Env kwargs ``keys`` that differ only in naming a value the other config leaves to the env
+    (v5's frame skip of 5, or one an env id registered with the paper's; Ant-v5's observation
+    without the position) give envs of the same class, time step and observation, whose
+    attributes of those names agree."""
     envs = [make_env(c.env.id, env_kwargs=c.env.kwargs) for c in (a, b)]
     first, second = (env.unwrapped for env in envs)
-    same = type(first) is type(second) and first.dt == second.dt  # type: ignore[attr-defined]
+    same = (
+        type(first) is type(second)
+        and first.dt == second.dt  # type: ignore[attr-defined]
+        and first.observation_space == second.observation_space
+        and all(_setting(first, k) == _setting(second, k) for k in keys)
+    )
     for env in envs:
         env.close()
     return same
@@ -138,6 +156,6 @@ def test_readme_train_commands_give_the_committed_runs_config(
     if task_dir.name in SAME_BATCH_TASKS and "batch" in diff:
         diff.remove("batch")
     env_keys = [k for k in diff if k.startswith("env.kwargs")]
-    if env_keys and _same_env(command, saved):
+    if env_keys and _same_env(command, saved, env_keys):
         diff = [k for k in diff if k not in env_keys]
     assert not diff, f"{' '.join(args)} differs from {out}/config.yaml in {diff}"
