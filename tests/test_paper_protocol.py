@@ -134,10 +134,12 @@ def test_paper_configs_hold_the_papers_values(name: str) -> None:
 PAPER_DT = {"ant_vel.yaml": 0.02, "ant_dir.yaml": 0.02, "ant_goal.yaml": 0.02}
 # Env steps per test batch where the paper's test script did not take 4000.
 TEST_STEPS = {"ant_dir.yaml": 8000}
-# The paper's MuJoCo baselines that were trained on TRPO batches of their own (cluster_trpo_ant.py:
-# 100 episodes per iteration, each of its own task, one baseline for all) and for how many
-# iterations.
+# The paper's MuJoCo baselines, trained on TRPO batches of their own (cluster_trpo_cheetah.py,
+# cluster_trpo_ant.py: 100 episodes per iteration, each of its own task, one baseline for all),
+# and for how many iterations.
 BASELINE_BATCH = {
+    "halfcheetah_vel": {"pretrained": (100, 1, 475), "oracle": (100, 1, 975)},
+    "halfcheetah_dir": {"pretrained": (100, 1, 475), "oracle": (100, 1, 975)},
     "ant_vel": {"pretrained": (100, 1, 575), "oracle": (100, 1, 550)},
     "ant_dir": {"pretrained": (100, 1, 2000), "oracle": (100, 1, 1975)},
     "ant_goal": {"pretrained": (100, 1, 575), "oracle": (100, 1, 550)},
