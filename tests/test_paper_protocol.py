@@ -207,6 +207,19 @@ def test_navigation_pretrained_takes_the_papers_adam_step() -> None:
     assert (c.optimizer, c.adam_lr, c.iterations) == ("adam", 1e-3, 100)
 
 
+def test_navigation_oracle_is_trpo_point_py() -> None:
+    """trpo_point.py (oracleenv2): TRPO on 1000 env steps per iteration, one linear baseline
+    for the whole batch, 100 iterations."""
+    c = load_config(CONFIGS / "navigation2d_oracle.yaml")
+    assert (c.method, c.optimizer, c.advantage_scope, c.iterations) == (
+        "oracle",
+        "trpo",
+        "batch",
+        100,
+    )
+    assert c.meta_batch_size * c.episodes_per_task * c.env.horizon == 1000
+
+
 # --------------------------------------------------------------------------- advantages
 
 
