@@ -5,13 +5,13 @@ loss), resumed exactly, and refused for MAML."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
+from recording import record_samples
 
 from metarl.config import ConfigError, load_config
-from metarl.rl.episodes import EpisodeBatch, pad_tasks
+from metarl.rl.episodes import pad_tasks
 from metarl.rl.learners import AdamLearner, make_rl_learner
 from metarl.rl.losses import task_mean_vpg_loss, vpg_loss
 from metarl.rngs import Rngs
@@ -44,14 +44,7 @@ def test_one_step_is_torch_adams_first_step_on_the_task_mean_loss() -> None:
     rngs = Rngs.from_seed(0)
     learner = make_rl_learner(cfg, rngs)
     assert isinstance(learner, AdamLearner)
-    seen: dict[str, Any] = {}
-    sample = learner.sample_with_theta
-
-    def recording(r: Rngs) -> tuple[list[Any], EpisodeBatch]:
-        seen["tasks"], seen["batch"] = sample(r)
-        return seen["tasks"], seen["batch"]
-
-    learner.sample_with_theta = recording  # type: ignore[method-assign]
+    seen = record_samples(learner)
     before = learner.weights()
     try:
         stats = learner.step(rngs)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from recording import record_samples
 
 from metarl.config import ConfigError, load_config
 from metarl.rl.episodes import EpisodeBatch
@@ -97,14 +98,7 @@ def test_the_trpo_step_follows_the_pooled_advantages() -> None:
     rngs = Rngs.from_seed(0)
     learner = make_rl_learner(cfg, rngs)
     assert isinstance(learner, TRPOLearner)
-    seen: dict[str, Any] = {}
-    sample = learner.sample_with_theta
-
-    def recording(r: Rngs) -> tuple[list[Any], EpisodeBatch]:
-        seen["tasks"], seen["batch"] = sample(r)
-        return seen["tasks"], seen["batch"]
-
-    learner.sample_with_theta = recording  # type: ignore[method-assign]
+    seen = record_samples(learner)
     before = learner.weights()
     try:
         stats = learner.step(rngs)
