@@ -3,19 +3,60 @@ horizon) and why they ended (the torso above 1.0 m: a jump; below 0.2 m: a fall)
 in training (stochastic) on tasks drawn with a fixed seed.
 
     python results/ant_vel/episode_lengths.py RUN [RUN ...] [--tasks 10] [--episodes 4]
+        [--adapt STEPS] [--per-goal]
 
-A random baseline's run holds the initial weights. Run it from the repository root for
-``paper_dt.py`` runs (their env file is named relative to it).
+``--adapt STEPS`` first adapts the policy to each task with that many policy-gradient steps
+(the run's eval lr and episodes, as ``TrainedPolicy.adapt``); ``--per-goal`` prints a line per
+task, goals in increasing order, with the mean speed after the first 25 steps (0.5 s at the
+paper's 0.02 s per step). A random baseline's run holds the initial weights. Run it from the
+repository root for ``paper_dt.py`` runs (their env file is named relative to it).
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import numpy as np
 import torch
 
 import metarl
+from metarl.rl.sampling.oracle import task_features
+
+WARMUP = 25  # env steps left out of the speed: the ant starting from rest
+
+
+def _mujoco(env: object) -> Any:
+    """The MuJoCo env under ``env`` (an oracle run's env wraps it in an ``OracleEnv``)."""
+    base: Any = getattr(env, "unwrapped", env)
+    inner = getattr(base, "env", None)
+    return _mujoco(inner) if inner is not None else base
+
+
+def _episodes(policy: Any, task: Any, i: int, episodes: int) -> list[tuple[int, str, float, float]]:
+    """(length, how it ended, speed after WARMUP steps or nan, return) of each episode."""
+    env = policy.make_env(task)
+    mujoco = _mujoco(env)
+    out = []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=100 * i + ep)
+        total, steps, ended, xs = 0.0, 0, "", []
+        for t in range(200):
+            action = policy.act(obs, seed=10_000 * i + 100 * ep + t)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            steps += 1
+            xs.append(float(mujoco.data.qpos[0]))
+            if terminated:
+                z = float(mujoco.data.qpos[2])
+                ended = "jump" if z > 1.0 else "fall" if z < 0.2 else ""
+            if terminated or truncated:
+                break
+        run = len(xs) - WARMUP
+        speed = (xs[-1] - xs[WARMUP - 1]) / (run * mujoco.dt) if run > 0 else float("nan")
+        out.append((steps, ended, speed, total))
+    env.close()
+    return out
 
 
 def main() -> None:
@@ -23,36 +64,37 @@ def main() -> None:
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--tasks", type=int, default=10)
     parser.add_argument("--episodes", type=int, default=4)
+    parser.add_argument("--adapt", type=int, default=0, metavar="STEPS")
+    parser.add_argument("--per-goal", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for run in args.runs:
         policy = metarl.load_policy(run)
-        lengths, returns, jumps, falls = [], [], 0, 0
-        for i, task in enumerate(policy.sample_tasks(args.tasks, seed=123)):
-            env = policy.make_env(task)
-            for ep in range(args.episodes):
-                obs, _ = env.reset(seed=100 * i + ep)
-                total, steps = 0.0, 0
-                for t in range(200):
-                    action = policy.act(obs, seed=10_000 * i + 100 * ep + t)
-                    obs, reward, terminated, truncated, _ = env.step(action)
-                    total += float(reward)
-                    steps += 1
-                    if terminated:
-                        z = float(env.unwrapped.data.qpos[2])  # type: ignore[attr-defined]
-                        jumps += z > 1.0
-                        falls += z < 0.2
-                    if terminated or truncated:
-                        break
-                lengths.append(steps)
-                returns.append(total)
-            env.close()
-        n = len(lengths)
-        dt = policy.make_env().unwrapped.dt  # type: ignore[attr-defined]
+        tasks = policy.sample_tasks(args.tasks, seed=123)
+        dt = _mujoco(policy.make_env()).dt
+        rows = []
+        for i, task in enumerate(tasks):
+            acting = policy.adapt(task, steps=args.adapt, seed=i) if args.adapt else policy
+            rows.append((task, _episodes(acting, task, i, args.episodes)))
+        if args.per_goal:
+            print(f"{run} ({dt:.2f} s per step, after {args.adapt} steps):")
+            for task, eps in sorted(rows, key=lambda r: tuple(np.ravel(task_features(r[0])))):
+                goal = ", ".join(f"{x:.2f}" for x in np.ravel(task_features(task)))
+                print(
+                    f"  goal {goal}: length {np.mean([e[0] for e in eps]):.0f}, "
+                    f"jumps {sum(e[1] == 'jump' for e in eps)}/{len(eps)}, "
+                    f"falls {sum(e[1] == 'fall' for e in eps)}/{len(eps)}, "
+                    f"speed {np.nanmean([e[2] for e in eps]):.2f}, "
+                    f"return {np.mean([e[3] for e in eps]):.1f}"
+                )
+        eps = [e for _, episodes in rows for e in episodes]
+        lengths = [e[0] for e in eps]
         print(
             f"{run} ({dt:.2f} s per step): episode length median {np.median(lengths):.0f}, "
-            f"mean {np.mean(lengths):.0f} of 200; ended by a jump {jumps}/{n}, by a fall "
-            f"{falls}/{n}; mean return {np.mean(returns):.1f}"
+            f"mean {np.mean(lengths):.0f} of 200; ended by a jump "
+            f"{sum(e[1] == 'jump' for e in eps)}/{len(eps)}, by a fall "
+            f"{sum(e[1] == 'fall' for e in eps)}/{len(eps)}; "
+            f"mean return {np.mean([e[3] for e in eps]):.1f}"
         )
 
 
