@@ -59,6 +59,16 @@ def _episodes(policy: Any, task: Any, i: int, episodes: int) -> list[tuple[int, 
     return out
 
 
+def _ends_and_return(eps: list[tuple[int, str, float, float]]) -> str:
+    """How many of the episodes ended by a jump and by a fall, and their mean return."""
+    jumps = sum(e[1] == "jump" for e in eps)
+    falls = sum(e[1] == "fall" for e in eps)
+    mean = np.mean([e[3] for e in eps])
+    return (
+        f"ended by a jump {jumps}/{len(eps)}, by a fall {falls}/{len(eps)}; mean return {mean:.1f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+")
@@ -71,7 +81,9 @@ def main() -> None:
     for run in args.runs:
         policy = metarl.load_policy(run)
         tasks = policy.sample_tasks(args.tasks, seed=123)
-        dt = _mujoco(policy.make_env()).dt
+        probe = policy.make_env()
+        dt = _mujoco(probe).dt
+        probe.close()
         rows = []
         for i, task in enumerate(tasks):
             acting = policy.adapt(task, steps=args.adapt, seed=i) if args.adapt else policy
@@ -80,21 +92,16 @@ def main() -> None:
             print(f"{run} ({dt:.2f} s per step, after {args.adapt} steps):")
             for task, eps in sorted(rows, key=lambda r: tuple(np.ravel(task_features(r[0])))):
                 goal = ", ".join(f"{x:.2f}" for x in np.ravel(task_features(task)))
+                speed = np.nanmean([e[2] for e in eps])
                 print(
                     f"  goal {goal}: length {np.mean([e[0] for e in eps]):.0f}, "
-                    f"jumps {sum(e[1] == 'jump' for e in eps)}/{len(eps)}, "
-                    f"falls {sum(e[1] == 'fall' for e in eps)}/{len(eps)}, "
-                    f"speed {np.nanmean([e[2] for e in eps]):.2f}, "
-                    f"return {np.mean([e[3] for e in eps]):.1f}"
+                    f"speed {speed:.2f}, {_ends_and_return(eps)}"
                 )
         eps = [e for _, episodes in rows for e in episodes]
         lengths = [e[0] for e in eps]
         print(
             f"{run} ({dt:.2f} s per step): episode length median {np.median(lengths):.0f}, "
-            f"mean {np.mean(lengths):.0f} of 200; ended by a jump "
-            f"{sum(e[1] == 'jump' for e in eps)}/{len(eps)}, by a fall "
-            f"{sum(e[1] == 'fall' for e in eps)}/{len(eps)}; "
-            f"mean return {np.mean([e[3] for e in eps]):.1f}"
+            f"mean {np.mean(lengths):.0f} of 200; {_ends_and_return(eps)}"
         )
 
 
