@@ -45,17 +45,16 @@ def main() -> None:
             ends, least, lengths, returns = [], [], [], []
             for ep in range(args.episodes):
                 obs, _ = env.reset(seed=100 * i + ep)
-                total, best, t = 0.0, start, 0
+                total, best, now, t = 0.0, start, start, 0
                 for t in range(1, HORIZON + 1):
                     action = adapted.act(obs, seed=10_000 * i + 100 * ep + t)
-                    obs, reward, terminated, truncated, _ = env.step(action)
+                    obs, reward, terminated, truncated, info = env.step(action)
                     total += float(reward)
-                    qpos = env.unwrapped.data.qpos  # type: ignore[attr-defined]
-                    best = min(best, l1(float(qpos[0]), float(qpos[1]), goal))
+                    now = l1(float(info["x_position"]), float(info["y_position"]), goal)
+                    best = min(best, now)
                     if terminated or truncated:
                         break
-                qpos = env.unwrapped.data.qpos  # type: ignore[attr-defined]
-                ends.append(l1(float(qpos[0]), float(qpos[1]), goal))
+                ends.append(now)
                 least.append(best)
                 lengths.append(t)
                 returns.append(total)
