@@ -10,69 +10,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from readme_example import ENV_ID, own_env_source
 
 from metarl.cli import main
 from metarl.rl.sampling.envs import resolve_env_id
 
 METARL = str(Path(sys.executable).parent / "metarl")
 
-# README, "Your own task env", with the id as a parameter (each test registers its own).
-LINE_TARGET = '''
-from dataclasses import dataclass
-
-import gymnasium as gym
-import numpy as np
-
-from metarl.tasks import check_task_env, real_field, require_in_range, require_task_type
-
-
-@dataclass(frozen=True)
-class TargetTask:
-    target: float
-
-    def __post_init__(self) -> None:  # numpy scalars -> clean Python floats, bad types rejected
-        object.__setattr__(self, "target", real_field("TargetTask", "target", self.target))
-
-
-class LineTargetEnv(gym.Env):
-    """A point on a line steps towards a target in [-1, 1]; reward -|x - target|."""
-
-    def __init__(self) -> None:
-        self.observation_space = gym.spaces.Box(-2.0, 2.0, shape=(1,), dtype=np.float32)
-        self.action_space = gym.spaces.Box(-0.1, 0.1, shape=(1,), dtype=np.float32)
-        self._task = TargetTask(0.5)
-        self._x = 0.0
-
-    def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> list[TargetTask]:
-        return [TargetTask(t) for t in rng.uniform(-1.0, 1.0, size=num_tasks)]
-
-    def set_task(self, task: TargetTask) -> None:
-        require_task_type("LineTarget", task, TargetTask)
-        require_in_range("LineTarget", "target", task.target, -1.0, 1.0)
-        self._task = task
-
-    @property
-    def task(self) -> TargetTask:
-        return self._task
-
-    @task.setter
-    def task(self, task: TargetTask) -> None:  # lets vector envs call set_attr("task", tasks)
-        self.set_task(task)
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        self._x = 0.0
-        return np.array([self._x], dtype=np.float32), {}
-
-    def step(self, action):
-        self._x = float(np.clip(self._x + np.clip(action[0], -0.1, 0.1), -2.0, 2.0))
-        reward = -abs(self._x - self._task.target)
-        return np.array([self._x], dtype=np.float32), reward, False, False, {}
-
-
-check_task_env(LineTargetEnv())  # raises TaskEnvError with what is wrong, if anything
-gym.register("ENV_ID", entry_point=LineTargetEnv, max_episode_steps=50)
-'''
 
 TINY = [
     "--set",
@@ -97,7 +41,7 @@ TINY = [
 
 def _write_env(path: Path, env_id: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(LINE_TARGET.replace("ENV_ID", env_id))
+    path.write_text(own_env_source().replace(ENV_ID, env_id))  # README's, under its own id
 
 
 def _curve(run: Path) -> list[dict[str, str]]:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import re
-import sys
-import types
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import pytest
+from readme_example import own_env_module, own_env_source
 
 from metarl import envs
 from metarl.tasks import (
@@ -23,7 +20,6 @@ from metarl.tasks import (
     real_pair_field,
     require_in_range,
     require_num_tasks,
-    require_task_type,
 )
 
 pytestmark = [
@@ -34,52 +30,10 @@ pytestmark = [
 REGISTERED = sorted(env_id for env_id in gym.registry if env_id.startswith("metarl/"))
 
 
-# --- README "Your own task env" example (keep in sync with the README) ------------------------
-@dataclass(frozen=True)
-class TargetTask:
-    target: float
-
-    def __post_init__(self) -> None:  # numpy scalars -> clean Python floats, bad types rejected
-        object.__setattr__(self, "target", real_field("TargetTask", "target", self.target))
-
-
-class LineTargetEnv(gym.Env):
-    """A point on a line steps towards a target in [-1, 1]; reward -|x - target|."""
-
-    def __init__(self) -> None:
-        self.observation_space = gym.spaces.Box(-2.0, 2.0, shape=(1,), dtype=np.float32)
-        self.action_space = gym.spaces.Box(-0.1, 0.1, shape=(1,), dtype=np.float32)
-        self._task = TargetTask(0.5)
-        self._x = 0.0
-
-    def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> list[TargetTask]:
-        return [TargetTask(t) for t in rng.uniform(-1.0, 1.0, size=num_tasks)]
-
-    def set_task(self, task: TargetTask) -> None:
-        require_task_type("LineTarget", task, TargetTask)
-        require_in_range("LineTarget", "target", task.target, -1.0, 1.0)
-        self._task = task
-
-    @property
-    def task(self) -> TargetTask:
-        return self._task
-
-    @task.setter
-    def task(self, task: TargetTask) -> None:  # lets vector envs call set_attr("task", tasks)
-        self.set_task(task)
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        self._x = 0.0
-        return np.array([self._x], dtype=np.float32), {}
-
-    def step(self, action):
-        self._x = float(np.clip(self._x + np.clip(action[0], -0.1, 0.1), -2.0, 2.0))
-        reward = -abs(self._x - self._task.target)
-        return np.array([self._x], dtype=np.float32), reward, False, False, {}
-
-
-# --- end of the README example -----------------------------------------------------------------
+# README's "Your own task env" example, the classes the tests below build on.
+_MINE = own_env_module()
+TargetTask = _MINE.TargetTask
+LineTargetEnv = _MINE.LineTargetEnv
 
 
 def test_readme_example_passes_the_checker_and_vectorizes() -> None:
@@ -97,17 +51,10 @@ def test_readme_example_passes_the_checker_and_vectorizes() -> None:
         env.set_task(TargetTask(3.0))
 
 
-def test_readme_own_env_section_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """README's 'Your own task env' python example runs and passes the checker."""
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    section = readme.read_text().partition("Your own task env")[2]
-    match = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)
-    assert match is not None, "README.md lost its 'Your own task env' python example"
-    module = types.ModuleType("readme_example")  # a real module, so that its tasks pickle
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    exec(compile(match.group(1), "README.md", "exec"), module.__dict__)
-    assert "check_task_env(" in match.group(1)
-    check_task_env(module.LineTargetEnv())
+def test_readme_own_env_section_checks_itself() -> None:
+    """README's example ends by running the checker on its env when run as a script."""
+    assert "check_task_env(LineTargetEnv())" in own_env_source()
+    check_task_env(LineTargetEnv())
 
 
 @pytest.mark.parametrize("env_id", REGISTERED)
