@@ -285,8 +285,9 @@ class RLEvalConfig:
     the sub-envs run episodes back to back until the episodes that have ended hold
     ``episodes_per_task x env.horizon`` env steps; those still running are dropped.
     ``episodes``: one episode per sub-env. The two are the same batch when no episode ends
-    early; when some do (a navigation goal reached, an ant fallen), ``steps`` gives a task
-    more, shorter episodes, and its mean return favours the short ones."""
+    early; when some do (a navigation goal reached, an ant out of its healthy height),
+    ``steps`` gives a task more, shorter episodes, and its mean return favours the short
+    ones."""
     max_steps: int = bounded(3, ge=0)
     """Curves report the return after 0..max_steps policy-gradient steps."""
     lr: tuple[float, ...] | None = bounded(None, gt=0.0)

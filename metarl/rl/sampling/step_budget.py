@@ -5,9 +5,9 @@ cbfinn/maml_rl), which the paper's test scripts used, runs ``batch_size / max_pa
 sub-envs side by side; each sub-env starts a new episode as soon as its last one ends. After
 every env step it adds the episodes that ended to the batch, and it stops once the episodes in
 the batch hold ``batch_size`` env steps; episodes still running then are dropped. When
-episodes end early (a 2-D navigation goal reached, an ant that falls), a task therefore gets
-more, and shorter, episodes than sub-envs, and the batch favours the short ones: an episode
-that is still running at the stop is more likely a long one.
+episodes end early (a 2-D navigation goal reached, an ant out of its healthy height), a task
+therefore gets more, and shorter, episodes than sub-envs, and the batch favours the short ones:
+an episode that is still running at the stop is more likely a long one.
 
 :func:`sample_step_budget` reproduces that batch from :meth:`EpisodeSampler.sample` calls:
 call ``r`` gives every sub-env its ``r``-th episode, and :func:`kept_episodes` keeps the
