@@ -29,6 +29,8 @@ class CSVLogger:
 
     A new run starts the file. A resumed run passes ``keep``, the header and rows up to its
     checkpoint (from :func:`read_progress`), and the file is rewritten with them atomically.
+    A row with columns the header lacks (a run resumed by a version of metarl that logs more
+    statistics) widens the header, the earlier rows left empty in the new columns.
     """
 
     def __init__(
@@ -50,16 +52,25 @@ class CSVLogger:
         new_file = self.columns is None
         if self.columns is None:
             self.columns = list(row)
-        extra = set(row) - set(self.columns)
+        extra = [key for key in row if key not in self.columns]
         if extra:
-            raise RunDirError(
-                f"{self.path}: the run logs columns {sorted(extra)} that its header lacks"
-            )
+            self._widen(extra)
         with self.path.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns)
             if new_file:
                 writer.writeheader()
             writer.writerow(row)
+
+    def _widen(self, extra: list[str]) -> None:
+        """Append ``extra`` to the header, rewriting the file atomically."""
+        assert self.columns is not None
+        with self.path.open(newline="") as f:
+            records = list(csv.reader(f))[1:]
+        self.columns = self.columns + extra
+        with replacing(self.path) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(self.columns)
+            writer.writerows(record + [""] * len(extra) for record in records)
 
     def close(self) -> None:
         pass

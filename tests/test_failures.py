@@ -653,6 +653,52 @@ def test_rewriting_the_log_on_resume_is_atomic(
     assert not (run / "progress.csv.tmp").exists()
 
 
+def _csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    import csv
+
+    with path.open() as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+@pytest.mark.parametrize(
+    ("method", "times"),
+    [
+        (["method=oracle"], ["time/sample_s", "time/trpo_s"]),
+        (["method=pretrained", "optimizer=adam"], ["time/sample_s", "time/adam_s"]),
+        (["method=random"], ["time/sample_s"]),
+    ],
+)
+def test_baseline_runs_log_their_times_and_widen_an_older_log_on_resume(
+    tmp_path: Path, method: list[str], times: list[str]
+) -> None:
+    """Plain TRPO, Adam and random runs log the seconds of their parts, as MAML runs do. A run
+    whose progress.csv predates those columns resumes: its rows are kept as they were, empty in
+    the new columns, which the new rows fill; plot reads the file."""
+    run = tmp_path / "run"
+    sets = _sets(iterations=2, checkpoint_every=1) + [a for m in method for a in ("--set", m)]
+    assert main(["train", "--out", str(run), *RL, *sets]) == 0
+    header, rows = _csv(run / "progress.csv")
+    assert header[-len(times) :] == times
+    assert all(float(row[t]) > 0 for row in rows for t in times)
+    old = [key for key in header if not key.startswith("time/")]
+    with (run / "progress.csv").open("w") as f:  # the file as a version without times wrote it
+        f.write(",".join(old) + "\n")
+        f.writelines(",".join(row[k] for k in old) + "\n" for row in rows)
+    before = [{k: row[k] for k in old} for row in rows]
+    assert (
+        main(["train", "--out", str(run), "--resume", "--set", "iterations=4", "--no-progress"])
+        == 0
+    )
+    header, rows = _csv(run / "progress.csv")
+    assert header == old + times
+    assert [row["iteration"] for row in rows] == list("1234")
+    assert [{k: row[k] for k in old} for row in rows[:2]] == before
+    assert all(row[t] == "" for row in rows[:2] for t in times)
+    assert all(float(row[t]) > 0 for row in rows[2:] for t in times)
+    assert main(["plot", str(run), "--out", str(tmp_path / "learning.png")]) == 0
+
+
 # --------------------------------------------------------------------------- (10) checkpoints
 
 

@@ -230,8 +230,12 @@ class RandomInitLearner(PolicyLearner):
     evaluation). ``step`` measures the return of those weights on fresh tasks."""
 
     def step(self, rngs: Rngs) -> dict[str, float]:
+        clock = time.perf_counter()
         _, episodes = self.sample_with_theta(rngs)
-        return {"pre_adapt_return": episodes.mean_return()}
+        return {
+            "pre_adapt_return": episodes.mean_return(),
+            "time/sample_s": self._seconds_since(clock),
+        }
 
 
 class TRPOLearner(PolicyLearner):
@@ -239,7 +243,10 @@ class TRPOLearner(PolicyLearner):
     ``pretrained`` baseline (and, on the task-observing env, its ``oracle``)."""
 
     def step(self, rngs: Rngs) -> dict[str, float]:
+        clock = time.perf_counter()
         _, batch = self.sample_with_theta(rngs)
+        t_sample = self._seconds_since(clock)
+        clock = time.perf_counter()
         adv = training_advantages(self.config, batch)
         rows = task_rows(batch, adv)  # the real steps only
         old = self.policy.detached_stats(self.params, rows.observations)
@@ -270,6 +277,8 @@ class TRPOLearner(PolicyLearner):
         return {
             "pre_adapt_return": batch.mean_return(),
             **{f"trpo/{k}": v for k, v in stats.as_dict().items()},
+            "time/sample_s": t_sample,
+            "time/trpo_s": self._seconds_since(clock),
         }
 
 
@@ -285,7 +294,10 @@ class AdamLearner(PolicyLearner):
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=config.adam_lr)
 
     def step(self, rngs: Rngs) -> dict[str, float]:
+        clock = time.perf_counter()
         _, batch = self.sample_with_theta(rngs)
+        t_sample = self._seconds_since(clock)
+        clock = time.perf_counter()
         adv = training_advantages(self.config, batch)
 
         def loss_fn(p: Params) -> torch.Tensor:
@@ -302,6 +314,8 @@ class AdamLearner(PolicyLearner):
             "pre_adapt_return": batch.mean_return(),
             "adam/loss": float(loss),
             "adam/grad_norm": float(grad_norm),
+            "time/sample_s": t_sample,
+            "time/adam_s": self._seconds_since(clock),
         }
 
     def state_dict(self) -> dict[str, Any]:
