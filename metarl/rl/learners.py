@@ -201,6 +201,12 @@ class PolicyLearner:
         seed = int(rngs.numpy.integers(0, 2**31 - 1))
         return tasks, self.sample(self.params, tasks, rngs, seed)
 
+    def timed_sample(self, rngs: Rngs) -> tuple[EpisodeBatch, float]:
+        """:meth:`sample_with_theta`'s episodes and the wall seconds it took."""
+        clock = time.perf_counter()
+        _, batch = self.sample_with_theta(rngs)
+        return batch, self._seconds_since(clock)
+
     def step(self, rngs: Rngs) -> dict[str, float]:
         raise NotImplementedError
 
@@ -230,12 +236,8 @@ class RandomInitLearner(PolicyLearner):
     evaluation). ``step`` measures the return of those weights on fresh tasks."""
 
     def step(self, rngs: Rngs) -> dict[str, float]:
-        clock = time.perf_counter()
-        _, episodes = self.sample_with_theta(rngs)
-        return {
-            "pre_adapt_return": episodes.mean_return(),
-            "time/sample_s": self._seconds_since(clock),
-        }
+        episodes, t_sample = self.timed_sample(rngs)
+        return {"pre_adapt_return": episodes.mean_return(), "time/sample_s": t_sample}
 
 
 class TRPOLearner(PolicyLearner):
@@ -243,9 +245,7 @@ class TRPOLearner(PolicyLearner):
     ``pretrained`` baseline (and, on the task-observing env, its ``oracle``)."""
 
     def step(self, rngs: Rngs) -> dict[str, float]:
-        clock = time.perf_counter()
-        _, batch = self.sample_with_theta(rngs)
-        t_sample = self._seconds_since(clock)
+        batch, t_sample = self.timed_sample(rngs)
         clock = time.perf_counter()
         adv = training_advantages(self.config, batch)
         rows = task_rows(batch, adv)  # the real steps only
@@ -294,9 +294,7 @@ class AdamLearner(PolicyLearner):
         self.optimizer = torch.optim.Adam(list(self.params.values()), lr=config.adam_lr)
 
     def step(self, rngs: Rngs) -> dict[str, float]:
-        clock = time.perf_counter()
-        _, batch = self.sample_with_theta(rngs)
-        t_sample = self._seconds_since(clock)
+        batch, t_sample = self.timed_sample(rngs)
         clock = time.perf_counter()
         adv = training_advantages(self.config, batch)
 
