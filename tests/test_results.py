@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +161,46 @@ def test_readme_train_commands_give_the_committed_runs_config(
     if env_keys and _same_env(command, saved, env_keys):
         diff = [k for k in diff if k not in env_keys]
     assert not diff, f"{' '.join(args)} differs from {out}/config.yaml in {diff}"
+
+
+def _run_script(script: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "results" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_per_direction_script_finds_the_oracle_running_each_way() -> None:
+    out = _run_script(
+        "halfcheetah_dir/per_direction.py",
+        str(ROOT / "results/halfcheetah_dir/runs/oracle"),
+        "--episodes",
+        "1",
+    )
+    velocity = {
+        int(m[0]): float(m[1])
+        for m in re.findall(r"direction ([+-]1):.*mean x velocity ([+-][\d.]+)", out)
+    }
+    assert velocity.keys() == {-1, 1}, out
+    assert velocity[-1] < -0.5 and velocity[1] > 0.5, out
+
+
+def test_goal_distance_script_finds_the_oracle_nearing_the_goal() -> None:
+    out = _run_script(
+        "ant_goal/goal_distance.py",
+        str(ROOT / "results/ant_goal/runs/oracle"),
+        "--steps",
+        "0",
+        "--tasks",
+        "2",
+        "--episodes",
+        "1",
+    )
+    m = re.search(r"mean over 2 tasks: distance at start ([\d.]+), at the end ([\d.]+)", out)
+    assert m, out
+    assert float(m[2]) < float(m[1]), out
