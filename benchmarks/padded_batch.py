@@ -62,7 +62,7 @@ def measure(run_dir: str, seed: int, step: bool) -> dict[str, Any]:
         "episodes_per_task_mean": round(float(counts.float().mean()), 1),
         "episodes_per_task_max": int(counts.max()),
         "learner_rows": rows,
-        "sample_s": round(seconds, 2),
+        "sample_s": seconds,  # unrounded: a tiny batch samples in milliseconds
     }
     if step:
         result.update(time_iteration(ckpt.config, ckpt.learner, seed))
@@ -79,10 +79,8 @@ def time_iteration(config: Any, state: dict[str, Any], seed: int) -> dict[str, f
         seconds = time.perf_counter() - clock
     finally:
         learner.close()
-    parts = {
-        f"{k.removeprefix('time/')}": round(v, 2) for k, v in stats.items() if k.startswith("time/")
-    }
-    return {"iteration_s": round(seconds, 2), **parts}
+    parts = {f"{k.removeprefix('time/')}": v for k, v in stats.items() if k.startswith("time/")}
+    return {"iteration_s": seconds, **parts}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['padded_positions']} positions ({r['padding_factor']}x); episodes per task "
             f"{r['episodes_per_task_mean']} (max {r['episodes_per_task_max']}), mean length "
             f"{r['mean_episode_length']}; the learner's rows {r['learner_rows']}; sampled in "
-            f"{r['sample_s']} s"
-            + (f"; one training iteration {r['iteration_s']} s" if args.step else "")
+            f"{r['sample_s']:.3g} s"
+            + (f"; one training iteration {r['iteration_s']:.3g} s" if args.step else "")
         )
     print(json.dumps(results))
     return 0
