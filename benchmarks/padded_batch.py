@@ -79,7 +79,7 @@ def time_iteration(config: Any, state: dict[str, Any], seed: int) -> dict[str, f
         seconds = time.perf_counter() - clock
     finally:
         learner.close()
-    parts = {f"{k.removeprefix('time/')}": v for k, v in stats.items() if k.startswith("time/")}
+    parts = {k.removeprefix("time/"): v for k, v in stats.items() if k.startswith("time/")}
     return {"iteration_s": seconds, **parts}
 
 
